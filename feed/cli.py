@@ -1,0 +1,183 @@
+"""The command line: `feed serve` runs the feed, `feed simulate` prints simulated ticks.
+
+Every config key can be set from here: the common ones have their own flags, any other goes
+through `--set section.key=value`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from feed import config as config_module
+from feed.config import Config, ConfigError
+
+log = logging.getLogger("feed")
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feed", description="Live market-data feed over WebSockets."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the feed")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML config file (default: {DEFAULT_CONFIG} if it exists, else built-in defaults)",
+    )
+    serve.add_argument("--host", help="address to listen on (server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any (server.port)")
+    serve.add_argument("--symbols", type=int, help="simulated symbol count (simulator.symbols)")
+    serve.add_argument("--rate", type=float, help="simulated ticks per second (simulator.rate)")
+    serve.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key (repeatable), e.g. --set limits.max_connections=500",
+    )
+
+    simulate = commands.add_parser("simulate", help="write simulated ticks to stdout as NDJSON")
+    simulate.add_argument("--symbols", type=int, default=10, help="symbol count (default 10)")
+    simulate.add_argument("--rate", type=float, default=100.0, help="ticks per second (100)")
+    simulate.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    simulate.add_argument(
+        "--duration", type=float, default=None, help="seconds of market time (default: forever)"
+    )
+    simulate.add_argument(
+        "--fast", action="store_true", help="as fast as possible instead of wall-clock pace"
+    )
+    return parser
+
+
+def _serve_config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        overrides.setdefault(section, {})[key] = value
+
+    for assignment in args.overrides:
+        put(*config_module.parse_override(assignment))
+    for flag, section, key in (
+        ("host", "server", "host"),
+        ("port", "server", "port"),
+        ("symbols", "simulator", "symbols"),
+        ("rate", "simulator", "rate"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            put(section, key, value)
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    return config_module.load(path, overrides)
+
+
+def _run(main: Any) -> None:
+    """Run a coroutine on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM, then close every client with 1001 and stop cleanly."""
+    from aiohttp import web
+
+    from feed.server import HUB, MARKET, SOURCE, create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        log.info(
+            "listening on ws://%s:%d/ws (HTTP: /symbols /snapshot /healthz /stats)", host, port
+        )
+    sim = config.simulator
+    symbols = app[MARKET].symbols
+    preview = ", ".join(list(symbols)[:5]) + (", ..." if len(symbols) > 5 else "")
+    log.info(
+        "source: %s, %d symbols (%s), %g ticks/s%s, seed %d",
+        type(app[SOURCE]).__name__,
+        len(symbols),
+        preview,
+        sim.rate,
+        "" if sim.paced else " unpaced",
+        sim.seed,
+    )
+    await stop.wait()
+    log.info("shutting down: closing %d connection(s)", len(app[HUB].connections))
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def simulate(args: argparse.Namespace) -> None:
+    from feed.ticks import to_ndjson
+    from simulators import SimulatorSettings, TickSimulator
+
+    sim = TickSimulator(
+        SimulatorSettings(
+            symbols=args.symbols,
+            rate=args.rate,
+            seed=args.seed,
+            duration=args.duration,
+            paced=not args.fast,
+        )
+    )
+    out = sys.stdout.buffer
+    async for batch in sim.stream():
+        out.write(to_ndjson(batch, sim.symbols))
+        out.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        try:
+            config = _serve_config(args)
+        except ConfigError as exc:
+            print(f"feed: {exc}", file=sys.stderr)
+            return 2
+        logging.basicConfig(
+            level=config.log.level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.Formatter.converter = time.gmtime
+        _run(serve(config))
+        return 0
+    if args.command == "simulate":
+        try:
+            _run(simulate(args))
+        except ValueError as exc:
+            print(f"feed: {exc}", file=sys.stderr)
+            return 2
+        except (BrokenPipeError, KeyboardInterrupt):
+            with contextlib.suppress(OSError):
+                sys.stdout.close()
+        return 0
+    return 2

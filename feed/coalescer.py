@@ -1,0 +1,245 @@
+"""The coalescer: folds ticks into one full snapshot per symbol.
+
+Pure (no I/O, no clock): a batch goes in, the indices of the symbols it changed come out, and
+`snapshots()` reads their current state. State lives in numpy columns indexed by symbol, so a
+batch of any size costs a fixed number of vector operations, not one Python call per tick.
+Because every snapshot is complete, a consumer that skips some still ends at the newest state:
+this is what makes conflation downstream lossless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from feed.symbols import SymbolTable
+from feed.ticks import QUOTE, TRADE
+
+SNAPSHOT_FIELDS = (
+    "symbol",
+    "seq",
+    "ts",
+    "last",
+    "last_size",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "open",
+    "high",
+    "low",
+    "volume",
+    "vwap",
+    "trades",
+)
+"""The fields of a snapshot, in wire order (docs/protocol.md)."""
+
+_FLOAT_COLUMNS = ("last", "bid", "ask", "open", "high", "low", "notional")
+_INT_COLUMNS = ("seq", "ts", "last_size", "bid_size", "ask_size", "volume", "trades")
+
+_EMPTY = np.empty(0, dtype=np.int64)
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Group positions by key, keeping arrival order within each group.
+
+    Returns (order, unique keys, group starts, group ends) where `order[starts[g]:ends[g]]`
+    are the positions of key `unique[g]` in arrival order.
+    """
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    boundary = np.empty(len(ordered), dtype=bool)
+    boundary[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=boundary[1:])
+    starts = np.flatnonzero(boundary)
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = len(ordered)
+    return order, ordered[starts], starts, ends
+
+
+class Coalescer:
+    """Per-symbol state folded from every tick seen so far.
+
+    Semantics per tick, applied in arrival order:
+    - any tick: `seq` += 1, `ts` = the tick's ts;
+    - quote: `bid`, `ask`, `bid_size`, `ask_size` = the quote's;
+    - trade: `last`, `last_size` = the trade's; `open` = the first trade's price; `high`/`low`
+      extend to it; `volume` += size; `vwap` = sum(price*size) / volume; `trades` += 1.
+    Folding a sequence in any batching gives the same state (vwap up to float rounding).
+    """
+
+    def __init__(self, symbols: SymbolTable) -> None:
+        self._symbols = symbols
+        self._capacity = 0
+        self._cols: dict[str, np.ndarray] = {}
+        for name in _FLOAT_COLUMNS:
+            self._cols[name] = np.full(0, np.nan)
+        for name in _INT_COLUMNS:
+            self._cols[name] = np.zeros(0, dtype=np.int64)
+        self._grow()
+
+    @property
+    def symbols(self) -> SymbolTable:
+        return self._symbols
+
+    def _grow(self) -> None:
+        """Make room for symbols added to the table since the last call."""
+        needed = len(self._symbols)
+        if needed <= self._capacity:
+            return
+        capacity = max(needed, 2 * self._capacity, 16)
+        for name, column in self._cols.items():
+            fill = np.nan if name in _FLOAT_COLUMNS else 0
+            grown = np.full(capacity, fill, dtype=column.dtype)
+            grown[: len(column)] = column
+            self._cols[name] = grown
+        self._capacity = capacity
+
+    # -- folding ------------------------------------------------------------------------------
+
+    def apply(self, batch: np.ndarray) -> np.ndarray:
+        """Fold a batch of ticks; return the sorted indices of the symbols it changed."""
+        n = len(batch)
+        if n == 0:
+            return _EMPTY
+        sym = batch["sym"]
+        self._grow()
+        low, high = int(sym.min()), int(sym.max())
+        if low < 0 or high >= len(self._symbols):
+            bad = low if low < 0 else high
+            raise ValueError(f"tick for unknown symbol index {bad} (have {len(self._symbols)})")
+        c = self._cols
+        order, changed, starts, ends = _groups(sym)
+        last = order[ends - 1]
+        c["seq"][changed] += ends - starts
+        c["ts"][changed] = batch["ts"][last]
+
+        kind = batch["kind"]
+        quote_pos = np.flatnonzero(kind == QUOTE)
+        if len(quote_pos):
+            q_order, q_syms, _, q_ends = _groups(sym[quote_pos])
+            q_last = quote_pos[q_order[q_ends - 1]]
+            for field in ("bid", "ask", "bid_size", "ask_size"):
+                c[field][q_syms] = batch[field][q_last]
+
+        trade_pos = np.flatnonzero(kind == TRADE)
+        if len(trade_pos):
+            t_order, t_syms, t_starts, t_ends = _groups(sym[trade_pos])
+            ordered = trade_pos[t_order]
+            price = batch["price"][ordered]
+            size = batch["size"][ordered]
+            t_last = ordered[t_ends - 1]
+            c["last"][t_syms] = batch["price"][t_last]
+            c["last_size"][t_syms] = batch["size"][t_last]
+            opened = c["open"][t_syms]
+            c["open"][t_syms] = np.where(np.isnan(opened), price[t_starts], opened)
+            c["high"][t_syms] = np.fmax(c["high"][t_syms], np.maximum.reduceat(price, t_starts))
+            c["low"][t_syms] = np.fmin(c["low"][t_syms], np.minimum.reduceat(price, t_starts))
+            c["volume"][t_syms] += np.add.reduceat(size, t_starts)
+            c["notional"][t_syms] = np.nan_to_num(c["notional"][t_syms]) + np.add.reduceat(
+                price * size, t_starts
+            )
+            c["trades"][t_syms] += t_ends - t_starts
+        return changed.astype(np.int64, copy=False)
+
+    def apply_one(
+        self,
+        sym: int,
+        kind: int,
+        ts: int,
+        price: float,
+        size: int,
+        bid: float,
+        ask: float,
+        bid_size: int,
+        ask_size: int,
+    ) -> None:
+        """Fold one tick with scalar Python: the reference semantics, and the slow path that
+        benchmarks compare the batch path against."""
+        self._grow()
+        if not 0 <= sym < len(self._symbols):
+            raise ValueError(f"tick for unknown symbol index {sym} (have {len(self._symbols)})")
+        c = self._cols
+        c["seq"][sym] += 1
+        c["ts"][sym] = ts
+        if kind == QUOTE:
+            c["bid"][sym] = bid
+            c["ask"][sym] = ask
+            c["bid_size"][sym] = bid_size
+            c["ask_size"][sym] = ask_size
+            return
+        c["last"][sym] = price
+        c["last_size"][sym] = size
+        if np.isnan(c["open"][sym]):
+            c["open"][sym] = price
+            c["high"][sym] = price
+            c["low"][sym] = price
+            c["notional"][sym] = 0.0
+        else:
+            c["high"][sym] = max(c["high"][sym], price)
+            c["low"][sym] = min(c["low"][sym], price)
+        c["volume"][sym] += size
+        c["notional"][sym] += price * size
+        c["trades"][sym] += 1
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def snapshots(self, indices: np.ndarray | list[int]) -> list[dict[str, Any]]:
+        """The current snapshot of each symbol in `indices`, as plain JSON-ready dicts.
+
+        Values not yet known (no trade yet, no quote yet) are None.
+        """
+        self._grow()
+        idx = np.asarray(indices, dtype=np.int64)
+        c = self._cols
+        cols = {name: c[name][idx] for name in c}
+        volume = cols["volume"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vwap = np.where(volume > 0, cols["notional"] / np.maximum(volume, 1), np.nan)
+        quoted = ~np.isnan(cols["bid"])
+        traded = cols["trades"] > 0
+        rows = zip(
+            idx.tolist(),
+            cols["seq"].tolist(),
+            cols["ts"].tolist(),
+            cols["last"].tolist(),
+            cols["last_size"].tolist(),
+            cols["bid"].tolist(),
+            cols["ask"].tolist(),
+            cols["bid_size"].tolist(),
+            cols["ask_size"].tolist(),
+            cols["open"].tolist(),
+            cols["high"].tolist(),
+            cols["low"].tolist(),
+            volume.tolist(),
+            vwap.tolist(),
+            cols["trades"].tolist(),
+            quoted.tolist(),
+            traded.tolist(),
+            strict=True,
+        )
+        names = self._symbols
+        out: list[dict[str, Any]] = []
+        for i, seq, ts, last, last_size, bid, ask, bsz, asz, op, hi, lo, vol, vw, n, q, t in rows:
+            out.append(
+                {
+                    "symbol": names[i],
+                    "seq": seq,
+                    "ts": ts,
+                    "last": last if t else None,
+                    "last_size": last_size if t else None,
+                    "bid": bid if q else None,
+                    "ask": ask if q else None,
+                    "bid_size": bsz if q else None,
+                    "ask_size": asz if q else None,
+                    "open": op if t else None,
+                    "high": hi if t else None,
+                    "low": lo if t else None,
+                    "volume": vol,
+                    "vwap": vw if t else None,
+                    "trades": n,
+                }
+            )
+        return out

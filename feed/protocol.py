@@ -1,0 +1,201 @@
+"""Protocol v1: what clients send, what the server answers, and how it is framed.
+
+Pure functions and values, no I/O: requests are parsed from text into typed values or a
+`ProtocolError` carrying the error code the client will see; server messages are encoded to bytes
+once and written as they are. Every code a client can see (error codes, close codes) is defined
+here and specified in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any, Final
+
+import orjson
+
+RequestId = int | str | None
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    """The server is shutting down."""
+    POLICY_VIOLATION = 1008
+    """The client sent control messages faster than allowed."""
+    MESSAGE_TOO_BIG = 1009
+    """A client message exceeded the maximum size."""
+    TRY_AGAIN_LATER = 1013
+    """The server is at its connection limit."""
+    SLOW_CONSUMER = 4008
+    """The client read nothing while its socket stayed full for longer than allowed."""
+
+
+class ErrorCode(StrEnum):
+    """Codes of error frames; the connection stays open after each."""
+
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    BAD_SYMBOLS = "bad_symbols"
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    TOO_MANY_SYMBOLS = "too_many_symbols"
+    BINARY_NOT_SUPPORTED = "binary_not_supported"
+
+
+class ProtocolError(Exception):
+    """A request the server cannot serve; becomes an error frame, never a disconnect."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    symbols: tuple[str, ...]
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    symbols: tuple[str, ...]
+    id: RequestId = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: RequestId = None
+
+
+Request = Subscribe | Unsubscribe | Ping
+
+OPS: Final = ("subscribe", "unsubscribe", "ping")
+MAX_ID_LENGTH: Final = 64
+MAX_SYMBOL_LENGTH: Final = 64
+
+
+def parse_request(data: str | bytes) -> Request:
+    """Parse one client text frame.
+
+    Raises ProtocolError with the request's id (when one could be read) for anything malformed.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"a request must be a JSON object, got {type(obj).__name__}"
+        )
+    request_id = obj.get("id")
+    if request_id is not None and (
+        isinstance(request_id, bool)
+        or not isinstance(request_id, int | str)
+        or (isinstance(request_id, str) and len(request_id) > MAX_ID_LENGTH)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"'id' must be an integer or a string of at most {MAX_ID_LENGTH} characters",
+        )
+    op = obj.get("op")
+    if op == "ping":
+        return Ping(request_id)
+    if op == "subscribe":
+        return Subscribe(_symbols(obj, request_id), request_id)
+    if op == "unsubscribe":
+        return Unsubscribe(_symbols(obj, request_id), request_id)
+    if op is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing 'op'", request_id)
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_OP,
+        f"unknown op {_short(op)}; expected one of {', '.join(OPS)}",
+        request_id,
+    )
+
+
+def _symbols(obj: dict[str, Any], request_id: RequestId) -> tuple[str, ...]:
+    symbols = obj.get("symbols")
+    if not isinstance(symbols, list) or not symbols:
+        raise ProtocolError(
+            ErrorCode.BAD_SYMBOLS, "'symbols' must be a non-empty list of strings", request_id
+        )
+    for symbol in symbols:
+        if not isinstance(symbol, str) or not symbol or len(symbol) > MAX_SYMBOL_LENGTH:
+            raise ProtocolError(
+                ErrorCode.BAD_SYMBOLS,
+                f"each symbol must be a string of 1 to {MAX_SYMBOL_LENGTH} characters, "
+                f"got {_short(symbol)}",
+                request_id,
+            )
+    return tuple(dict.fromkeys(symbols))  # de-duplicated, order kept
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- server messages --------------------------------------------------------------------------
+
+
+def _with_id(message: dict[str, Any], request_id: RequestId) -> dict[str, Any]:
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+def subscribed(request_id: RequestId, symbols: list[str] | tuple[str, ...]) -> bytes:
+    return orjson.dumps(_with_id({"type": "subscribed"}, request_id) | {"symbols": symbols})
+
+
+def unsubscribed(request_id: RequestId, symbols: list[str] | tuple[str, ...]) -> bytes:
+    return orjson.dumps(_with_id({"type": "unsubscribed"}, request_id) | {"symbols": symbols})
+
+
+def pong(request_id: RequestId, ts: int) -> bytes:
+    return orjson.dumps(_with_id({"type": "pong"}, request_id) | {"ts": ts})
+
+
+def error(code: ErrorCode, message: str, request_id: RequestId = None) -> bytes:
+    return orjson.dumps(
+        _with_id({"type": "error"}, request_id) | {"code": code.value, "message": message}
+    )
+
+
+def heartbeat(ts: int) -> bytes:
+    return b'{"type":"heartbeat","ts":%d}' % ts
+
+
+def snapshot_frame(payloads: list[bytes]) -> bytes:
+    """The answer to a subscribe: the current state of each symbol, already encoded."""
+    return b'{"type":"snapshot","data":[' + b",".join(payloads) + b"]}"
+
+
+def update_frame(payloads: list[bytes]) -> bytes:
+    """Pending snapshots of a connection, several per frame: frames, not bytes, cost most."""
+    return b'{"type":"update","data":[' + b",".join(payloads) + b"]}"
+
+
+def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
+    """Encode one snapshot; done once per change, the same bytes go to every subscriber."""
+    return orjson.dumps(snapshot)
+
+
+# -- framing ----------------------------------------------------------------------------------
+
+_TEXT_FIN: Final = 0x81
+
+
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of an unmasked, unfragmented text frame (server to client)."""
+    if length < 126:
+        return bytes((_TEXT_FIN, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", _TEXT_FIN, 126, length)
+    return struct.pack("!BBQ", _TEXT_FIN, 127, length)

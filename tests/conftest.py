@@ -1,0 +1,103 @@
+"""Shared fixtures: a real feed server on a free port, fed by a PushSource the test controls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from feed import config, ticks
+from feed.server import create_app
+from feed.source import PushSource
+from tests.wsclient import RawClient
+
+SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN"]
+
+
+@dataclass
+class Feed:
+    app: web.Application
+    server: TestServer
+    client: TestClient[web.Request, web.Application]
+    source: PushSource
+
+    def trade(self, symbol: str, price: float, size: int = 100) -> None:
+        sym = list(self.source.symbols).index(symbol)
+        self.source.push(ticks.trades([sym], [price], [size], ts=time.time_ns()))
+
+    def quote(self, symbol: str, bid: float, ask: float) -> None:
+        sym = list(self.source.symbols).index(symbol)
+        self.source.push(ticks.quotes([sym], [bid], [ask], [100], [100], ts=time.time_ns()))
+
+    def push(self, batch: np.ndarray) -> None:
+        self.source.push(batch)
+
+    async def ws(self, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+        return await self.client.ws_connect("/ws", **kwargs)
+
+    async def raw(self, rcvbuf: int | None = None) -> RawClient:
+        assert self.server.port is not None
+        return await RawClient.connect(self.server.host, self.server.port, rcvbuf=rcvbuf)
+
+
+StartFeed = Callable[..., Awaitable[Feed]]
+
+
+@pytest.fixture
+def start_feed(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> StartFeed:
+    async def start(symbols: list[str] | None = None, **sections: dict[str, Any]) -> Feed:
+        source = PushSource(symbols or SYMBOLS)
+        app = create_app(config.build(sections), source)
+        server = await aiohttp_server(app)
+        client = await aiohttp_client(server)
+        return Feed(app, server, client, source)
+
+    return start
+
+
+async def recv(
+    ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0, heartbeats: bool = False
+) -> dict[str, Any]:
+    """The next JSON frame the client sees (heartbeats skipped unless asked for)."""
+    while True:
+        message = await ws.receive(timeout=timeout)
+        assert message.type is aiohttp.WSMsgType.TEXT, message
+        frame: dict[str, Any] = orjson.loads(message.data)
+        if heartbeats or frame["type"] != "heartbeat":
+            return frame
+
+
+async def recv_until(
+    ws: aiohttp.ClientWebSocketResponse,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 5.0,
+) -> dict[str, Any]:
+    """Receive until a frame matches `predicate`; fails after `timeout` seconds in all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await recv(ws, timeout=max(0.01, deadline - time.monotonic()))
+        if predicate(frame):
+            return frame
+
+
+async def subscribe(
+    ws: aiohttp.ClientWebSocketResponse, symbols: list[str], request_id: int = 1
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Subscribe and return the (subscribed, snapshot) answers."""
+    await ws.send_json({"op": "subscribe", "symbols": symbols, "id": request_id})
+    answer = await recv(ws)
+    assert answer == {"type": "subscribed", "id": request_id, "symbols": symbols}
+    snapshot = await recv(ws)
+    assert snapshot["type"] == "snapshot"
+    return answer, snapshot

@@ -1,0 +1,165 @@
+"""The commands a user types: `feed serve` and `feed simulate`, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from feed.ticks import from_ndjson
+
+ROOT = Path(__file__).resolve().parent.parent
+FEED = [sys.executable, "-m", "feed"]
+
+
+class Served:
+    def __init__(self, process: asyncio.subprocess.Process, url: str, log: list[str]) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+
+async def start_serve(*args: str) -> Served:
+    process = await asyncio.create_subprocess_exec(
+        *FEED,
+        "serve",
+        "--port",
+        "0",
+        *args,
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    async with asyncio.timeout(20):
+        while True:
+            line = (await process.stderr.readline()).decode()
+            assert line, f"feed serve exited early: {''.join(log)}"
+            log.append(line)
+            match = re.search(r"listening on (ws://\S+/ws)", line)
+            if match:
+                break
+    # The source line follows the listening line.
+    log.append((await process.stderr.readline()).decode())
+    return Served(process, match.group(1), log)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    feed = await start_serve("--symbols", "20", "--rate", "400")
+    yield feed
+    if feed.process.returncode is None:
+        feed.process.kill()
+        await feed.process.wait()
+
+
+async def test_serve_streams_the_simulator(served: Served) -> None:
+    assert "20 symbols (AAPL, MSFT" in served.log[-1] and "400 ticks/s" in served.log[-1]
+    async with aiohttp.ClientSession() as session, session.ws_connect(served.url) as ws:
+        await ws.send_json({"op": "subscribe", "symbols": ["AAPL"], "id": 1})
+        assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
+        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+        update = await ws.receive_json(timeout=10)
+        assert update["type"] == "update" and update["data"][0]["symbol"] == "AAPL"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signals_close_clients_with_1001_and_exit(served: Served, sig: int) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(served.url) as ws:
+        await ws.send_json({"op": "subscribe", "symbols": ["AAPL", "MSFT"]})
+        await ws.receive_json(timeout=5)
+        served.process.send_signal(sig)
+        while True:
+            message = await ws.receive(timeout=10)
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                break
+        assert message.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1001
+    async with asyncio.timeout(15):
+        code = await served.process.wait()
+    assert code == 0
+    assert served.process.stderr is not None
+    rest = (await served.process.stderr.read()).decode()
+    assert "stopped" in rest
+    assert "Traceback" not in rest
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "config key 'server.port' must be a port number"),
+        (["--rate", "-3"], "config key 'simulator.rate' must be > 0, got -3.0"),
+        (["--set", "limits.max_connections=0"], "'limits.max_connections' must be >= 1, got 0"),
+        (["--set", "limits.nope=1"], "unknown config key 'limits.nope'"),
+        (["--config", "/nonexistent.toml"], "config file '/nonexistent.toml' not found"),
+    ],
+)
+def test_bad_config_stops_start_up_naming_the_key(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [*FEED, "serve", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def simulate(*args: str) -> bytes:
+    result = subprocess.run(
+        [*FEED, "simulate", *args], cwd=ROOT, capture_output=True, timeout=60, check=True
+    )
+    return result.stdout
+
+
+def test_simulate_writes_ticks_that_read_back() -> None:
+    out = simulate("--symbols", "5", "--rate", "2000", "--duration", "0.5", "--seed", "7")
+    lines = out.splitlines()
+    assert 600 < len(lines) < 1400  # 1,000 expected, Poisson
+    first = orjson.loads(lines[0])
+    assert first["type"] in ("trade", "quote") and first["symbol"] in (
+        "AAPL",
+        "MSFT",
+        "NVDA",
+        "AMZN",
+        "GOOGL",
+    )
+    batch = from_ndjson(
+        lines, {s: i for i, s in enumerate(["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL"])}
+    )
+    assert len(batch) == len(lines)
+
+
+def test_simulate_is_deterministic_under_a_seed() -> None:
+    def without_ts(out: bytes) -> list[dict[str, object]]:
+        return [
+            {k: v for k, v in orjson.loads(line).items() if k != "ts"} for line in out.splitlines()
+        ]
+
+    args = ("--symbols", "50", "--rate", "20000", "--duration", "1", "--fast")
+    first = without_ts(simulate(*args, "--seed", "3"))
+    assert first == without_ts(simulate(*args, "--seed", "3"))
+    assert first != without_ts(simulate(*args, "--seed", "4"))
+
+
+def test_simulate_stops_quietly_when_the_reader_goes_away() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pipeline = subprocess.run(
+        f"{sys.executable} -m feed simulate --rate 5000 --fast | head -n 3",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert len(pipeline.stdout.splitlines()) == 3
+    assert "Traceback" not in pipeline.stderr

@@ -1,0 +1,5 @@
+import simulators
+
+
+def test_x():
+    assert simulators
