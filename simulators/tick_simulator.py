@@ -44,6 +44,8 @@ Lively on screen, still plausible as a busy session.
 
 _TRADING_SECONDS_PER_YEAR: Final = 252 * 6.5 * 3600
 _MAX_SYMBOLS: Final = 1_000_000
+# Generated names: (length, multiplier coprime to 26, offset) of each length's affine walk.
+_NAME_WALKS: Final = ((3, 7_919, 4_321), (4, 104_729, 95_123), (5, 1_299_709, 7_654_321))
 _CATCH_UP_SECONDS: Final = 1.0  # a single catch-up batch covers at most this much market time
 _UNPACED_BATCH_TICKS: Final = 1024  # unpaced mode merges steps until a batch holds this many
 # Row 0 divides trade prices, row 1 quote prices; column 1 is "is a quote". NaN blanks a field.
@@ -76,11 +78,8 @@ class SimulatorSettings:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
             raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
-        _positive("rate", self.rate)
-        _positive("step", self.step)
-        _positive("burst_factor", self.burst_factor)
-        _positive("burst_every", self.burst_every)
-        _positive("burst_length", self.burst_length)
+        for name in ("rate", "step", "burst_factor", "burst_every", "burst_length"):
+            _positive(name, getattr(self, name))
         if not 0.0 <= self.trade_ratio <= 1.0:
             raise ValueError(f"trade_ratio must be in [0, 1], got {self.trade_ratio!r}")
         if self.burst_length > self.burst_every:
@@ -109,7 +108,7 @@ class SimulatorStats:
 
     ticks: int  # ticks yielded by stream()
     batches: int  # batches yielded by stream()
-    wall_seconds: float  # since stream() started (frozen when it ends)
+    wall_seconds: float  # since stream() first started (frozen while no stream runs)
     achieved_rate: float  # ticks / wall_seconds: measured, never assumed
     requested_rate: float  # average rate asked for over the steps streamed, bursts included
     behind: float  # seconds the paced schedule lags the wall clock; 0 when on time
@@ -123,11 +122,7 @@ def generated_symbol(index: int) -> str:
     consecutive names look unrelated yet never repeat. Collisions with DEFAULT_TICKERS are
     skipped by `symbol_names`, not here.
     """
-    for length, mult, offset in (
-        (3, 7_919, 4_321),
-        (4, 104_729, 95_123),
-        (5, 1_299_709, 7_654_321),
-    ):
+    for length, mult, offset in _NAME_WALKS:
         space = 26**length
         if index < space:
             code = (index * mult + offset) % space
@@ -179,6 +174,7 @@ class TickSimulator:
         # Relative quoted spread: ~1.7 bp for a calm name, ~4.5 bp for a wild one.
         self._rel_spread = (0.5 + 5.0 * vol) * 1e-4 * _TICKS_PER_UNIT
         self._k = 0  # steps generated so far; step k covers market time [k*step, (k+1)*step)
+        self._step_ns = max(1, round(s.step * 1e9))
         # Stream bookkeeping, read by stats().
         self._ticks = 0
         self._batches = 0
@@ -304,24 +300,18 @@ class TickSimulator:
             return empty(0)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _stamp(self, batch: np.ndarray) -> np.ndarray:
-        batch["ts"] = time.time_ns()
-        self._ticks += len(batch)
-        self._batches += 1
-        return batch
-
     async def stream(self) -> AsyncIterator[np.ndarray]:
         """Yield non-empty batches stamped with `time.time_ns()` when yielded.
 
-        Paced: step k of this stream is due at start + k*step on the monotonic clock (an absolute
-        schedule, so sleep errors never accumulate); every step due is emitted in one batch, so
-        after a stall the stream catches up, at most `_CATCH_UP_SECONDS` of market time per batch.
-        Unpaced: steps back to back, merged up to ~`_UNPACED_BATCH_TICKS` ticks per batch, with an
-        event-loop turn between batches. Ends after `duration` seconds of market time if set.
+        Paced: the k-th step (k = 1, 2, ...) of this stream is due at start + k*step on the
+        monotonic clock, an absolute schedule, so sleep errors never accumulate; every step due is
+        emitted in one batch, so after a stall the stream catches up, at most `_CATCH_UP_SECONDS`
+        of market time per batch. Unpaced: steps back to back, merged up to ~`_UNPACED_BATCH_TICKS`
+        ticks per batch, with an event-loop turn between batches. Each call streams `duration`
+        seconds of market time if set, forever otherwise.
         """
-        s = self.settings
+        s, step_ns = self.settings, self._step_ns
         end = None if s.duration is None else self._k + max(1, round(s.duration / s.step))
-        step_ns = max(1, round(s.step * 1e9))
         cap = max(1, round(_CATCH_UP_SECONDS / s.step))
         if self._wall_start is None:
             self._wall_start = time.perf_counter()
@@ -346,7 +336,10 @@ class TickSimulator:
                 else:
                     batch = self._steps(left, _UNPACED_BATCH_TICKS)
                 if len(batch):
-                    yield self._stamp(batch)
+                    self._ticks += len(batch)
+                    self._batches += 1
+                    batch["ts"] = time.time_ns()
+                    yield batch
                 if more or not len(batch):
                     await asyncio.sleep(0)  # the event loop gets a turn whatever the consumer does
         finally:
@@ -364,7 +357,7 @@ class TickSimulator:
         market = self._stream_steps * s.step
         behind = 0.0
         if self._origin_ns:
-            next_due = self._origin_ns + (self._paced_done + 1) * round(s.step * 1e9)
+            next_due = self._origin_ns + (self._paced_done + 1) * self._step_ns
             behind = max(0.0, (time.monotonic_ns() - next_due) / 1e9)
         return SimulatorStats(
             ticks=self._ticks,

@@ -1,5 +1,375 @@
-import simulators
+"""The tick simulator: a deterministic pure core and a paced stream that reports what it achieved.
+
+Timing tests check correctness of the schedule with generous tolerances, never speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from contextlib import aclosing
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feed.source import Source
+from feed.ticks import QUOTE, TRADE
+from simulators import (
+    DEFAULT_TICKERS,
+    SimulatorSettings,
+    TickSimulator,
+    generated_symbol,
+    symbol_names,
+    tick_simulator,
+)
+
+GENERATED = re.compile(r"[A-Z]{3,5}")
 
 
-def test_x():
-    assert simulators
+def run(sim: TickSimulator, steps: int) -> list[np.ndarray]:
+    return [sim.next_batch() for _ in range(steps)]
+
+
+def joined(batches: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(batches)
+
+
+def on_grid(prices: np.ndarray) -> bool:
+    cents = prices * 100
+    return bool(np.all(np.abs(cents - np.rint(cents)) < 1e-6))
+
+
+async def collect(sim: TickSimulator, timeout: float = 10.0) -> list[np.ndarray]:
+    async def drain() -> list[np.ndarray]:
+        return [batch async for batch in sim.stream()]
+
+    return await asyncio.wait_for(drain(), timeout)
+
+
+# Determinism
+
+
+def test_same_seed_gives_identical_batches() -> None:
+    config = SimulatorSettings(symbols=300, rate=20_000, seed=7)
+    a, b = run(TickSimulator(config), 500), run(TickSimulator(config), 500)
+    assert [len(x) for x in a] == [len(y) for y in b]
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+    assert sum(len(x) for x in a) > 5_000
+
+
+def test_different_seed_gives_different_batches() -> None:
+    a = joined(run(TickSimulator(SimulatorSettings(seed=1, rate=20_000)), 200))
+    b = joined(run(TickSimulator(SimulatorSettings(seed=2, rate=20_000)), 200))
+    assert a.tobytes() != b.tobytes()
+
+
+def test_next_batch_leaves_ts_zero_and_may_be_empty() -> None:
+    batches = run(TickSimulator(SimulatorSettings(rate=100, step=0.001)), 200)
+    assert any(len(b) == 0 for b in batches)
+    assert all((b["ts"] == 0).all() for b in batches)
+
+
+async def test_stream_emits_the_same_ticks_as_next_batch() -> None:
+    config = SimulatorSettings(rate=5_000, seed=3, duration=0.25)
+    twin = TickSimulator(config)
+    expected = joined(run(twin, 250))
+    for paced in (False, True):
+        sim = TickSimulator(SimulatorSettings(rate=5_000, seed=3, duration=0.25, paced=paced))
+        got = joined(await collect(sim))
+        got["ts"] = 0
+        assert got.tobytes() == expected.tobytes()
+
+
+# Symbols
+
+
+def test_symbols_start_with_the_defaults() -> None:
+    assert list(TickSimulator(SimulatorSettings(symbols=3)).symbols) == ["AAPL", "MSFT", "NVDA"]
+    names = TickSimulator(SimulatorSettings(symbols=100)).symbols
+    assert len(names) == 100
+    assert tuple(names[: len(DEFAULT_TICKERS)]) == DEFAULT_TICKERS
+
+
+def test_generated_symbols_are_unique_well_formed_and_deterministic() -> None:
+    names = symbol_names(5_000)
+    assert len(set(names)) == 5_000
+    generated = names[len(DEFAULT_TICKERS) :]
+    assert all(GENERATED.fullmatch(name) for name in generated)
+    assert not set(generated) & set(DEFAULT_TICKERS)
+    assert symbol_names(5_000) == names
+    assert symbol_names(200) == names[:200]
+
+
+def test_generated_symbol_is_a_bijection_across_lengths() -> None:
+    boundary = 26**3
+    indices = [*range(0, 3_000), *range(boundary - 500, boundary + 2_500)]
+    names = [generated_symbol(i) for i in indices]
+    assert len(set(names)) == len(names)
+    assert {len(generated_symbol(i)) for i in (0, boundary - 1, boundary, 26**3 + 26**4)} == {
+        3,
+        4,
+        5,
+    }
+
+
+def test_simulator_is_a_source() -> None:
+    source: Source = TickSimulator()
+    assert len(source.symbols) == 100
+
+
+# Tick sanity
+
+
+def check_ticks(batch: np.ndarray, symbols: int) -> None:
+    assert ((batch["sym"] >= 0) & (batch["sym"] < symbols)).all()
+    assert np.isin(batch["kind"], [TRADE, QUOTE]).all()
+    quotes = batch[batch["kind"] == QUOTE]
+    trades = batch[batch["kind"] == TRADE]
+    assert (quotes["bid"] > 0).all()
+    assert (quotes["bid"] < quotes["ask"]).all()
+    assert on_grid(quotes["bid"]) and on_grid(quotes["ask"])
+    assert (quotes["bid_size"] > 0).all() and (quotes["ask_size"] > 0).all()
+    assert np.isnan(quotes["price"]).all() and (quotes["size"] == 0).all()
+    assert (trades["price"] > 0).all() and on_grid(trades["price"])
+    assert (trades["size"] > 0).all()
+    assert np.isnan(trades["bid"]).all() and np.isnan(trades["ask"]).all()
+    assert (trades["bid_size"] == 0).all() and (trades["ask_size"] == 0).all()
+
+
+def test_quotes_and_trades_are_well_formed() -> None:
+    sim = TickSimulator(SimulatorSettings(symbols=1_000, rate=20_000))
+    batch = joined(run(sim, 2_000))
+    assert len(batch) > 30_000
+    check_ticks(batch, 1_000)
+    quotes = batch[batch["kind"] == QUOTE]
+    assert (quotes["bid_size"] % 100 == 0).all()  # round lots
+    assert (quotes["ask"] - quotes["bid"] > 0.015).any()  # not every spread is one tick
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    symbols=st.integers(1, 3_000),
+    rate=st.floats(1.0, 1e6),
+    step=st.floats(1e-4, 0.1),
+    trade_ratio=st.floats(0.0, 1.0),
+)
+def test_ticks_are_well_formed_for_any_settings(
+    seed: int, symbols: int, rate: float, step: float, trade_ratio: float
+) -> None:
+    config = SimulatorSettings(
+        symbols=symbols, rate=rate, step=step, seed=seed, trade_ratio=trade_ratio
+    )
+    sim = TickSimulator(config)
+    steps = max(1, min(20, int(20_000 / (rate * step))))
+    batches = [b for b in run(sim, steps) if len(b)]
+    if batches:
+        check_ticks(joined(batches), symbols)
+
+
+def test_trades_print_near_the_last_quote_of_their_symbol() -> None:
+    sim = TickSimulator(SimulatorSettings(symbols=50, rate=20_000, trade_ratio=0.5))
+    batch = joined(run(sim, 1_000))
+    mid: dict[int, float] = {}
+    checked = 0
+    for sym, kind, price, bid, ask in zip(
+        batch["sym"].tolist(),
+        batch["kind"].tolist(),
+        batch["price"].tolist(),
+        batch["bid"].tolist(),
+        batch["ask"].tolist(),
+        strict=True,
+    ):
+        if kind == QUOTE:
+            mid[sym] = (bid + ask) / 2
+        elif sym in mid:
+            assert abs(price / mid[sym] - 1) < 0.03
+            checked += 1
+    assert checked > 5_000
+
+
+def test_trade_ratio_is_respected() -> None:
+    for ratio in (0.0, 0.3, 1.0):
+        sim = TickSimulator(SimulatorSettings(rate=50_000, trade_ratio=ratio))
+        kinds = joined(run(sim, 1_000))["kind"]
+        assert abs(np.mean(kinds == TRADE) - ratio) < 0.02
+
+
+def test_activity_is_skewed_and_prices_move() -> None:
+    sim = TickSimulator(SimulatorSettings(symbols=1_000, rate=20_000, step=0.01))
+    first = joined(run(sim, 10))
+    batch = joined(run(sim, 1_000))  # 10 s of market time
+    counts = np.bincount(batch["sym"], minlength=1_000)
+    assert counts[0] > 20 * np.median(counts)
+
+    def aapl_mid(b: np.ndarray) -> float:
+        q = b[(b["sym"] == 0) & (b["kind"] == QUOTE)]
+        return float((q["bid"][-1] + q["ask"][-1]) / 2)
+
+    before, after = aapl_mid(first), aapl_mid(batch)
+    assert before != after and 0.5 < after / before < 2
+
+
+def test_bursts_multiply_the_rate_inside_their_windows() -> None:
+    config = SimulatorSettings(
+        rate=2_000, step=0.01, burst_factor=4.0, burst_every=1.0, burst_length=0.25
+    )
+    sim = TickSimulator(config)
+    counts = np.array([len(b) for b in run(sim, 2_000)])  # 20 s of market time
+    in_burst = (np.arange(2_000) * config.step) % config.burst_every < config.burst_length
+    inside = counts[in_burst].sum() / (in_burst.sum() * config.step)
+    outside = counts[~in_burst].sum() / ((~in_burst).sum() * config.step)
+    assert 1_800 < outside < 2_200
+    assert 3.4 < inside / outside < 4.6
+    assert config.average_rate == pytest.approx(2_000 * (1 + 3 * 0.25))
+
+
+# The stream
+
+
+async def test_paced_stream_keeps_the_rate_and_reports_it() -> None:
+    sim = TickSimulator(SimulatorSettings(rate=2_000))
+    counted = batches = 0
+    start = time.perf_counter()
+    async with aclosing(sim.stream()) as stream:
+        async for batch in stream:
+            counted += len(batch)
+            batches += 1
+            if time.perf_counter() - start >= 1.0:
+                break
+    elapsed = time.perf_counter() - start
+    assert counted == pytest.approx(2_000 * elapsed, rel=0.15)
+    stats = sim.stats()
+    assert (stats.ticks, stats.batches) == (counted, batches)
+    assert stats.wall_seconds == pytest.approx(elapsed, rel=0.1)
+    assert stats.achieved_rate == pytest.approx(counted / elapsed, rel=0.1)
+    assert stats.requested_rate == pytest.approx(2_000, rel=0.01)
+    assert stats.behind == 0
+
+
+async def test_paced_stream_catches_up_after_a_stall() -> None:
+    sim = TickSimulator(SimulatorSettings(rate=2_000))
+    sizes: list[int] = []
+    behind = 0.0
+    start = time.perf_counter()
+    async with aclosing(sim.stream()) as stream:
+        async for batch in stream:
+            sizes.append(len(batch))
+            elapsed = time.perf_counter() - start
+            if not behind and elapsed >= 0.2:
+                time.sleep(0.3)  # block the event loop
+                behind = sim.stats().behind
+                stalled_at = len(sizes)
+            if elapsed >= 1.0:
+                break
+    elapsed = time.perf_counter() - start
+    assert behind >= 0.2
+    assert sum(sizes) == pytest.approx(2_000 * elapsed, rel=0.15)
+    assert sizes[stalled_at] > 300 > 10 * np.median(sizes)  # ~600 ticks due at once
+    assert sim.stats().achieved_rate == pytest.approx(sum(sizes) / elapsed, rel=0.1)
+
+
+async def test_catch_up_batches_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tick_simulator, "_CATCH_UP_SECONDS", 0.05)
+    sim = TickSimulator(SimulatorSettings(rate=2_000))
+    market: list[float] = []
+    stream = sim.stream()
+    await anext(stream)
+    time.sleep(0.3)
+    while sim.stats().behind > 0.01:
+        await asyncio.wait_for(anext(stream), 5)
+        market.append(sim.stats().market_seconds)
+    await stream.aclose()
+    spans = np.diff(market)
+    assert len(spans) >= 4
+    assert (spans <= 0.05 + 1e-9).all()
+
+
+async def test_stream_stamps_ts_when_yielding() -> None:
+    sim = TickSimulator(SimulatorSettings(rate=5_000, paced=False, duration=1.0))
+    async with aclosing(sim.stream()) as stream:
+        while True:
+            before = time.time_ns()
+            try:
+                batch = await anext(stream)
+            except StopAsyncIteration:
+                break
+            assert len(batch) > 0
+            assert (batch["ts"] >= before).all() and (batch["ts"] <= time.time_ns()).all()
+
+
+async def test_duration_stops_the_stream() -> None:
+    fast = TickSimulator(SimulatorSettings(rate=10_000, step=0.01, paced=False, duration=0.5))
+    ticks = sum(len(b) for b in await collect(fast))
+    assert fast.stats().market_seconds == pytest.approx(0.5)
+    assert ticks == fast.stats().ticks and 4_000 < ticks < 6_000
+
+    paced = TickSimulator(SimulatorSettings(rate=2_000, duration=0.2))
+    start = time.perf_counter()
+    await collect(paced)
+    assert time.perf_counter() - start >= 0.15
+    assert paced.stats().market_seconds == pytest.approx(0.2)
+    wall = paced.stats().wall_seconds
+    await asyncio.sleep(0.05)
+    assert paced.stats().wall_seconds == wall  # frozen once the stream ended
+
+
+async def test_unpaced_stream_yields_to_the_event_loop() -> None:
+    sim = TickSimulator(SimulatorSettings(rate=1e6, step=0.01, paced=False))
+    ticked = 0
+
+    async def ticker() -> None:
+        nonlocal ticked
+        while True:
+            await asyncio.sleep(0)
+            ticked += 1
+
+    task = asyncio.create_task(ticker())
+    async with aclosing(sim.stream()) as stream:
+        async for _ in stream:
+            if sim.stats().batches >= 20:
+                break
+    task.cancel()
+    assert ticked >= 10
+    assert sim.stats().achieved_rate > 0
+
+
+def test_stats_before_streaming() -> None:
+    stats = TickSimulator(SimulatorSettings(burst_factor=2.0)).stats()
+    assert (stats.ticks, stats.batches, stats.wall_seconds, stats.behind) == (0, 0, 0.0, 0.0)
+    assert stats.achieved_rate == 0.0
+    assert stats.requested_rate == pytest.approx(2_000 * 1.2)
+
+
+# Settings validation
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("symbols", 0),
+        ("symbols", 2_000_000),
+        ("symbols", 1.5),
+        ("rate", -5),
+        ("rate", 0.0),
+        ("rate", math.inf),
+        ("rate", math.nan),
+        ("seed", -1),
+        ("step", 0),
+        ("trade_ratio", 1.5),
+        ("trade_ratio", -0.1),
+        ("burst_factor", 0),
+        ("burst_every", -1.0),
+        ("burst_length", 0.0),
+        ("burst_length", 10.0),
+        ("duration", 0.0),
+    ],
+)
+def test_settings_validation_names_the_field_and_value(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=rf"^{field} .*{re.escape(repr(value))}"):
+        SimulatorSettings(**{field: value})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -204,3 +206,24 @@ async def test_a_client_that_goes_away_is_forgotten(start_feed: StartFeed) -> No
     feed.push(ticks.trades(np.array([0]), [1.0], [1], ts=1))  # publishing to nobody is fine
     async with feed.client.get("/healthz") as response:
         assert (await response.json())["status"] == "ok"
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed(start_feed: StartFeed) -> None:
+    feed = await start_feed(websocket={"ping_interval": 0.2, "heartbeat_interval": 0.05})
+    silent = await feed.raw()  # answers no ping (it never reads)
+    answering = await feed.ws()  # aiohttp's client answers pings while it receives
+
+    async def keep_receiving() -> None:
+        while True:
+            assert (await recv(answering, heartbeats=True))["type"] == "heartbeat"
+
+    receiving = asyncio.create_task(keep_receiving())
+    await asyncio.wait_for(silent.reader.read(), 10)  # everything up to EOF: the server hung up
+    assert silent.reader.at_eof()
+    assert not receiving.done(), receiving
+    receiving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await receiving
+    await answering.send_json({"op": "ping", "id": 1})
+    assert (await recv(answering))["type"] == "pong"
+    silent.close()
