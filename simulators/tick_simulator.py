@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -172,7 +172,7 @@ class TickSimulator:
         self._last_t: npt.NDArray[np.float64] = np.zeros(n)  # market time of each one's last tick
         self._var_rate = vol**2 * TIME_COMPRESSION / _TRADING_SECONDS_PER_YEAR  # per market second
         # Relative quoted spread: ~1.7 bp for a calm name, ~4.5 bp for a wild one.
-        self._rel_spread = (0.5 + 5.0 * vol) * 1e-4 * _TICKS_PER_UNIT
+        self._rel_spread = (0.5 + 5.0 * vol) * 1e-4
         self._k = 0  # steps generated so far; step k covers market time [k*step, (k+1)*step)
         self._step_ns = max(1, round(s.step * 1e9))
         # Stream bookkeeping, read by stats().
@@ -300,7 +300,7 @@ class TickSimulator:
             return empty(0)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    async def stream(self) -> AsyncIterator[np.ndarray]:
+    async def stream(self) -> AsyncGenerator[np.ndarray, None]:
         """Yield non-empty batches stamped with `time.time_ns()` when yielded.
 
         Paced: the k-th step (k = 1, 2, ...) of this stream is due at start + k*step on the

@@ -21,6 +21,7 @@ from feed.source import Source
 from feed.ticks import QUOTE, TRADE
 from simulators import (
     DEFAULT_TICKERS,
+    TIME_COMPRESSION,
     SimulatorSettings,
     TickSimulator,
     generated_symbol,
@@ -149,6 +150,9 @@ def test_quotes_and_trades_are_well_formed() -> None:
     quotes = batch[batch["kind"] == QUOTE]
     assert (quotes["bid_size"] % 100 == 0).all()  # round lots
     assert (quotes["ask"] - quotes["bid"] > 0.015).any()  # not every spread is one tick
+    # Spreads as on a liquid US equity: a few basis points of the mid, a few cents.
+    spread_bp = (quotes["ask"] - quotes["bid"]) / ((quotes["ask"] + quotes["bid"]) / 2) * 1e4
+    assert 0.5 < float(np.median(spread_bp)) < 20
 
 
 @settings(max_examples=25, deadline=None)
@@ -188,7 +192,7 @@ def test_trades_print_near_the_last_quote_of_their_symbol() -> None:
         if kind == QUOTE:
             mid[sym] = (bid + ask) / 2
         elif sym in mid:
-            assert abs(price / mid[sym] - 1) < 0.03
+            assert abs(price / mid[sym] - 1) < 0.005
             checked += 1
     assert checked > 5_000
 
@@ -213,6 +217,19 @@ def test_activity_is_skewed_and_prices_move() -> None:
 
     before, after = aapl_mid(first), aapl_mid(batch)
     assert before != after and 0.5 < after / before < 2
+
+
+def test_realized_volatility_matches_the_documented_time_scale() -> None:
+    sim = TickSimulator(SimulatorSettings(symbols=5, rate=200, step=1.0, trade_ratio=0.0))
+    mids = []  # each symbol's last quoted mid at the end of every 10 s of market time
+    for _ in range(100):
+        window = joined(run(sim, 10))[::-1]
+        syms, last = np.unique(window["sym"], return_index=True)
+        assert list(syms) == [0, 1, 2, 3, 4]
+        mids.append((window["bid"][last] + window["ask"][last]) / 2)
+    realized = np.std(np.diff(np.log(mids), axis=0), axis=0)
+    per_10s = math.sqrt(TIME_COMPRESSION * 10 / (252 * 6.5 * 3600))  # of a 100% volatility name
+    assert ((realized > 0.1 * per_10s) & (realized < 1.0 * per_10s)).all()  # 15%..80% drawn
 
 
 def test_bursts_multiply_the_rate_inside_their_windows() -> None:
