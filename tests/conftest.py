@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feed import config, ticks
 from feed.server import create_app
-from feed.source import PushSource
+from feed.source import PushSource, Source
 from tests.wsclient import RawClient
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN"]
@@ -56,12 +56,15 @@ def start_feed(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
 ) -> StartFeed:
-    async def start(symbols: list[str] | None = None, **sections: dict[str, Any]) -> Feed:
-        source = PushSource(symbols or SYMBOLS)
-        app = create_app(config.build(sections), source)
+    async def start(
+        symbols: list[str] | None = None, source: Source | None = None, **sections: dict[str, Any]
+    ) -> Feed:
+        """A feed on a free port, fed by `source` or else by a PushSource of `symbols`."""
+        push = PushSource(symbols or SYMBOLS)
+        app = create_app(config.build(sections), source or push)
         server = await aiohttp_server(app)
         client = await aiohttp_client(server)
-        return Feed(app, server, client, source)
+        return Feed(app, server, client, push)
 
     return start
 

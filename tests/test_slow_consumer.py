@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from feed import ticks
+from simulators import SimulatorSettings, TickSimulator
 from tests.conftest import Feed, StartFeed, recv_until, subscribe
 from tests.wsclient import Closed, RawClient
 
@@ -119,4 +120,55 @@ async def test_a_client_stalled_past_the_timeout_is_closed_with_4008(
     feed.push(round_of_trades(n + 1))
     update = await recv_until(fast, lambda f: f["type"] == "update")
     assert update["data"][0]["seq"] == n + 1
+    slow.close()
+
+
+async def test_under_a_live_market_a_stalled_client_ends_at_the_final_state(
+    start_feed: StartFeed,
+) -> None:
+    """The simulator at 20,000 ticks/s for 1.5 s: the stalled client holds the fast one back in
+    nothing, and once the market stops and it reads again it ends at every symbol's final seq."""
+    simulator = TickSimulator(
+        SimulatorSettings(symbols=len(SYMBOLS), rate=20_000, seed=1, duration=1.5)
+    )
+    feed = await start_feed(
+        source=simulator,
+        websocket={"write_buffer_limit": WRITE_LIMIT, "send_buffer_size": 4096},
+        limits={"slow_consumer_timeout": 600.0},
+    )
+    names = list(simulator.symbols)
+    slow = await feed.raw(rcvbuf=4096)
+    await slow.send({"op": "subscribe", "symbols": names, "id": 1})
+    assert (await slow.recv())["type"] == "subscribed"
+    fast = await feed.ws()
+    await subscribe(fast, names[:5])
+
+    # The fast client follows the market until the source ends.
+    fast_seq: dict[str, int] = {}
+    while True:
+        async with feed.client.get("/healthz") as response:
+            if (await response.json())["pipeline"] == "ended":
+                break
+        update = await recv_until(fast, lambda f: f["type"] == "update")
+        for snap in update["data"]:
+            fast_seq[snap["symbol"]] = snap["seq"]
+    async with feed.client.get("/snapshot", params={"symbols": ",".join(names)}) as response:
+        final = {s["symbol"]: s["seq"] for s in await response.json()}
+    while any(fast_seq.get(name, 0) < final[name] for name in names[:5] if final[name]):
+        update = await recv_until(fast, lambda f: f["type"] == "update")
+        for snap in update["data"]:
+            fast_seq[snap["symbol"]] = snap["seq"]
+    assert sum(final.values()) == simulator.stats().ticks
+
+    stats = await stats_of(feed)
+    slow_stats = min(stats["hub"]["per_connection"], key=lambda c: c["id"])
+    assert slow_stats["conflated"] > 0 and slow_stats["pending"] <= len(names)
+
+    newest: dict[str, int] = {}
+    while any(newest.get(name, 0) < final[name] for name in names):
+        frame = await slow.recv(timeout=10)
+        for snap in frame.get("data", []):
+            assert snap["seq"] > newest.get(snap["symbol"], -1)
+            newest[snap["symbol"]] = snap["seq"]
+    assert {name: newest.get(name, 0) for name in names} == final
     slow.close()
