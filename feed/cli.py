@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--fast", action="store_true", help="as fast as possible instead of wall-clock pace"
     )
+    simulate.add_argument("--step", type=float, default=0.001, help="seconds per batch (0.001)")
+    simulate.add_argument("--trade-ratio", type=float, default=0.3, help="share of trades (0.3)")
+    simulate.add_argument(
+        "--burst-factor", type=float, default=1.0, help="rate multiplier in bursts (1: none)"
+    )
+    simulate.add_argument("--burst-every", type=float, default=5.0, help="seconds (5)")
+    simulate.add_argument("--burst-length", type=float, default=1.0, help="seconds (1)")
     return parser
 
 
@@ -147,6 +154,11 @@ async def simulate(args: argparse.Namespace) -> None:
             seed=args.seed,
             duration=args.duration,
             paced=not args.fast,
+            step=args.step,
+            trade_ratio=args.trade_ratio,
+            burst_factor=args.burst_factor,
+            burst_every=args.burst_every,
+            burst_length=args.burst_length,
         )
     )
     out = sys.stdout.buffer
