@@ -1,0 +1,222 @@
+"""`python -m benchmarks`: run a scenario against ours and the peers, report, write JSON and plots.
+
+python -m benchmarks list
+python -m benchmarks run light --vs all --repeat 3
+python -m benchmarks run fanout --vs websockets,node --duration 20
+python -m benchmarks run light --url ws://10.0.0.5:8080/ws      (a server on another host)
+python -m benchmarks run ingest
+python -m benchmarks lan light                                   (LAN mode over a veth pair)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import ingest, report, runner
+from benchmarks.scenarios import SCENARIOS, Scenario
+from benchmarks.servers import SERVERS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list scenarios and servers")
+    for name, help_text in (("run", "run a scenario"), ("lan", "run a scenario over a veth pair")):
+        run = commands.add_parser(name, help=help_text)
+        run.add_argument("scenario", choices=[*SCENARIOS, "ingest"] if name == "run" else SCENARIOS)
+        run.add_argument(
+            "--vs",
+            default="all" if name == "run" else "none",
+            help="peers to run too: all, none, or a list from "
+            + ", ".join(s for s in SERVERS if s != "feed"),
+        )
+        run.add_argument("--repeat", type=int, default=1, help="runs per server (medians)")
+        run.add_argument("--duration", type=float, help="seconds measured")
+        run.add_argument("--warmup", type=float, help="seconds before measuring")
+        run.add_argument("--symbols", type=int)
+        run.add_argument("--rate", type=float, help="ticks per second")
+        run.add_argument("--clients", type=int)
+        run.add_argument("--per-client", type=int)
+        run.add_argument("--slow", type=int, help="clients that never read")
+        run.add_argument("--burst-factor", type=float)
+        run.add_argument("--seed", type=int)
+        run.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}/...)")
+        run.add_argument("--no-plot", action="store_true")
+        if name == "run":
+            run.add_argument("--url", help="measure a server already running there (LAN mode)")
+            run.add_argument("--ticks", type=int, default=2_000_000, help="ingest: ticks folded")
+        else:
+            run.add_argument(
+                "--delay-ms",
+                type=float,
+                default=0.0,
+                help="one-way delay added on the veth pair (needs sch_netem)",
+            )
+    return parser
+
+
+def _servers(vs: str) -> list[str]:
+    if vs == "none":
+        return ["feed"]
+    if vs == "all":
+        return list(SERVERS)
+    names = [name.strip() for name in vs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SERVERS]
+    if unknown:
+        raise SystemExit(f"unknown server(s): {', '.join(unknown)}; known: {', '.join(SERVERS)}")
+    return ["feed", *[name for name in names if name != "feed"]]
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    return SCENARIOS[args.scenario].with_overrides(
+        duration=args.duration,
+        warmup=args.warmup,
+        symbols=args.symbols,
+        rate=args.rate,
+        clients=args.clients,
+        per_client=args.per_client,
+        slow=args.slow,
+        burst_factor=args.burst_factor,
+        seed=args.seed,
+    )
+
+
+def _out(args: argparse.Namespace, name: str) -> Path:
+    out: Path = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    out = _out(args, "ingest")
+    result = ingest.run(ticks=args.ticks, repeat=max(1, args.repeat) if args.repeat > 1 else 3)
+    document = {
+        "scenario": "ingest",
+        "command": sys.argv,
+        "machine": report.machine(),
+        "result": result,
+    }
+    report.write_json(out / "ingest.json", document)
+    print(ingest.table(result))
+    print(f"\nwritten: {out / 'ingest.json'}")
+    return 0
+
+
+def run_scenario(
+    args: argparse.Namespace, url: str | None = None, extra: dict[str, Any] | None = None
+) -> int:
+    scenario = _scenario(args)
+    out = _out(args, scenario.name)
+    names = [] if url else _servers(args.vs)
+    skipped: dict[str, str] = {}
+    for name in list(names):
+        reason = SERVERS[name].unavailable()
+        if reason:
+            skipped[name] = reason
+            names.remove(name)
+            print(f"skipping {name}: {reason}", file=sys.stderr)
+    total = scenario.clients + scenario.slow
+    if total > 1000:
+        print(
+            f"note: {total:,} connections: the server and the load generator run with the "
+            f"open-files limit raised to {runner.open_files_limit():,} (the hard limit)",
+            flush=True,
+        )
+    runs: dict[str, list[dict[str, Any]]] = {}
+    failures: dict[str, str] = {}
+    for repeat in range(args.repeat):
+        for name in names or [url or "remote"]:
+            label = f"{name}-{repeat + 1}" if url is None else f"remote-{repeat + 1}"
+            print(f"[{label}] {scenario.name}", flush=True)
+            try:
+                if url is None:
+                    result = runner.run_server(SERVERS[name], scenario, out, label)
+                else:
+                    result = runner.run_remote(url, scenario, out, label)
+            except (runner.BenchmarkError, OSError, TimeoutError) as exc:
+                failures[label] = str(exc)
+                print(f"[{label}] failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            runs.setdefault(result["server"], []).append(result)
+    summaries = [report.summarize(server_runs) for server_runs in runs.values()]
+    scenario_doc = runner.scenario_dict(scenario)
+    document = {
+        "scenario": scenario_doc,
+        "command": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": report.machine(),
+        "clock": "same host: latency = receive time - ts on one clock"
+        if url is None
+        else "LAN: latency corrected by the clock offset estimated from ping/pong",
+        "servers": {name: SERVERS[name].description for name in names},
+        "skipped": skipped,
+        "failures": failures,
+        "summary": summaries,
+        "runs": runs,
+        **(extra or {}),
+    }
+    report.write_json(out / "report.json", document)
+    if summaries:
+        print()
+        print(report.table(summaries, scenario_doc))
+        print(document["clock"])
+        for s in summaries:
+            if s["client_saturated"]:
+                print(
+                    f"warning: the load generator was near saturation while measuring "
+                    f"{s['server']}: its figures may measure the client, not the server"
+                )
+            if s.get("tick_rate", {}).get("behind"):
+                print(
+                    f"warning: {s['server']}'s market ran at "
+                    f"{100 * s['tick_rate']['ratio']:.0f}% of the rate asked for"
+                )
+        if url is not None:
+            clock = summaries[0]["clock"]
+            print(
+                f"clock offset {clock['offset_ns'] / 1000:+.1f} µs "
+                f"± {clock['uncertainty_ns'] / 1000:.1f} µs, round trip min "
+                f"{clock['rtt_min_ns'] / 1000:.1f} µs, "
+                f"median {clock['rtt_median_ns'] / 1000:.1f} µs"
+            )
+        if not args.no_plot and report.plot(
+            summaries, runs, out / "latency.png", f"{scenario.name} ({time.strftime('%Y-%m-%d')})"
+        ):
+            print(f"plot: {out / 'latency.png'}")
+    print(f"written: {out / 'report.json'}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        for scenario in SCENARIOS.values():
+            print(f"{scenario.name:<12} {scenario}")
+        for spec in SERVERS.values():
+            reason = spec.unavailable()
+            print(
+                f"{spec.name:<12} {spec.description}"
+                + (f"  [unavailable: {reason}]" if reason else "")
+            )
+        return 0
+    if args.command == "run" and args.scenario == "ingest":
+        return run_ingest(args)
+    if args.command == "run":
+        return run_scenario(args, url=args.url)
+    from benchmarks import lan
+
+    return lan.main(args, _scenario(args), run_scenario)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""The load generator: many lean WebSocket clients in one process, measuring what they receive.
+
+Run by the benchmark runner in its own process (pinned to its own core), never in the server's.
+It is lean on purpose, so that it measures the server and not itself: one asyncio protocol per
+connection, frames parsed from bulk reads, one clock read per read, and only the three fields it
+needs (symbol, seq, ts) pulled out of each snapshot with one regular expression.
+
+Talks to the runner over stdin/stdout, one JSON object per line:
+  stdout {"event":"ready",...}      every client is subscribed and has its snapshot
+  stdin  start                      reset counters: the measured window begins
+  stdout {"event":"progress",...}   once a second
+  stdin  stop                       the window ends
+  stdout {"event":"report",...}     every figure of the window
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import random
+import re
+import resource
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, cast
+
+import numpy as np
+import orjson
+
+from benchmarks.clock import ClockOffset, estimate
+from benchmarks.histogram import Histogram
+
+SNAPSHOT = re.compile(rb'"symbol":"([^"]+)","seq":(\d+),"ts":(\d+)')
+PONG = re.compile(rb'"type":"pong","id":(\d+),"ts":(\d+)')
+UPDATE_PREFIX = b'{"type":"update"'
+SNAPSHOT_PREFIX = b'{"type":"snapshot"'
+
+
+class Totals:
+    """What every client of this process received, since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.dropped = 0
+        self.slow_dropped = 0
+        self.close_codes: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.frames = 0
+        self.snapshots = 0
+        self.bytes = 0
+        self.ticks_seen = 0
+        """Sum of seq advances between consecutive snapshots of the same symbol on a client."""
+        self.advances = 0
+        """Snapshots that had a predecessor on their client (the denominator of conflation)."""
+        self.pending: list[int] = []
+        self.pending_at: list[int] = []
+        self.histogram = Histogram()
+        self.seconds: dict[int, list[np.ndarray]] = {}
+        self.started_ns = time.time_ns()
+        self.offset_ns = 0
+
+    def flush(self) -> None:
+        """Fold the latencies gathered since the last flush into the histogram (µs)."""
+        if not self.pending:
+            return
+        sent = np.asarray(self.pending, dtype=np.int64)
+        received = np.asarray(self.pending_at, dtype=np.int64)
+        self.pending.clear()
+        self.pending_at.clear()
+        latency_us = (received - sent + self.offset_ns) // 1000
+        self.histogram.record(latency_us)
+        second = (received - self.started_ns) // 1_000_000_000
+        for s in np.unique(second).tolist():
+            self.seconds.setdefault(int(s), []).append(latency_us[second == s])
+
+
+class FeedClient(asyncio.Protocol):
+    """One subscriber connection: handshake, subscribe, then count and time what arrives."""
+
+    def __init__(
+        self,
+        totals: Totals,
+        host: str,
+        path: str,
+        symbols: list[str],
+        ready: asyncio.Future[None],
+        slow: bool = False,
+    ) -> None:
+        self.totals = totals
+        self.host = host
+        self.path = path
+        self.symbols = symbols
+        self.ready = ready
+        self.slow = slow
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.open = False
+        self.closed = False
+        self.last_seq: dict[bytes, int] = {}
+        self.pongs: dict[int, int] = {}
+        self.pong_waiters: dict[int, asyncio.Future[tuple[int, int]]] = {}
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.slow:
+                self.totals.slow_dropped += 1
+            else:
+                self.totals.dropped += 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"connection lost during set-up: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buffer = self.buffer
+        buffer += data
+        if not self.open:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                status = bytes(buffer[: buffer.find(b"\r\n")]).decode(errors="replace")
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError(f"upgrade refused: {status}"))
+                self.closed = True
+                assert self.transport is not None
+                self.transport.close()
+                return
+            del buffer[: end + 4]
+            self.open = True
+            self.send_text(orjson.dumps({"op": "subscribe", "symbols": self.symbols, "id": 1}))
+        totals = self.totals
+        position = 0
+        size = len(buffer)
+        while size - position >= 2:
+            second = buffer[position + 1] & 0x7F
+            if second < 126:
+                start = position + 2
+                length = second
+            elif second == 126:
+                if size - position < 4:
+                    break
+                start = position + 4
+                length = (buffer[position + 2] << 8) | buffer[position + 3]
+            else:
+                if size - position < 10:
+                    break
+                start = position + 10
+                length = int.from_bytes(buffer[position + 2 : position + 10], "big")
+            end = start + length
+            if end > size:
+                break
+            opcode = buffer[position] & 0x0F
+            payload = bytes(buffer[start:end])
+            position = end
+            totals.frames += 1
+            totals.bytes += length
+            if opcode == 0x1:
+                self.on_text(payload, now)
+            elif opcode == 0x9:
+                self.send_frame(0xA, payload)
+            elif opcode == 0x8:
+                code = struct.unpack("!H", payload[:2])[0] if length >= 2 else 1005
+                totals.close_codes[code] = totals.close_codes.get(code, 0) + 1
+                self.send_frame(0x8, payload[:2])
+                if not self.closed:
+                    self.closed = True
+                    if self.slow:
+                        totals.slow_dropped += 1
+                    else:
+                        totals.dropped += 1
+                assert self.transport is not None
+                self.transport.close()
+                break
+        del buffer[:position]
+
+    # -- frames -------------------------------------------------------------------------------
+
+    def on_text(self, payload: bytes, now: int) -> None:
+        totals = self.totals
+        if payload.startswith(UPDATE_PREFIX):
+            last_seq = self.last_seq
+            pending = totals.pending
+            for symbol, seq_text, ts_text in SNAPSHOT.findall(payload):
+                seq = int(seq_text)
+                pending.append(int(ts_text))
+                previous = last_seq.get(symbol)
+                if previous is not None:
+                    totals.ticks_seen += seq - previous
+                    totals.advances += 1
+                last_seq[symbol] = seq
+            count = len(pending) - len(totals.pending_at)
+            totals.pending_at.extend([now] * count)
+            totals.snapshots += count
+        elif payload.startswith(SNAPSHOT_PREFIX):
+            for symbol, seq_text, _ in SNAPSHOT.findall(payload):
+                self.last_seq[symbol] = int(seq_text)
+            if not self.ready.done():
+                self.ready.set_result(None)
+                if self.slow and self.transport is not None:
+                    self.transport.pause_reading()  # and never read again
+        else:
+            match = PONG.search(payload)
+            if match:
+                waiter = self.pong_waiters.pop(int(match.group(1)), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result((int(match.group(2)), now))
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        repeated = (mask * (n // 4 + 1))[:n]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+            n, "big"
+        )
+        self.transport.write(header + mask + masked)
+
+    def send_text(self, payload: bytes) -> None:
+        self.send_frame(0x1, payload)
+
+    async def ping(self, request_id: int) -> tuple[int, int, int]:
+        """One round trip: (sent_ns, server_ts_ns, received_ns)."""
+        waiter: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self.pong_waiters[request_id] = waiter
+        sent = time.time_ns()
+        self.send_text(b'{"op":"ping","id":%d}' % request_id)
+        server_ts, received = await asyncio.wait_for(waiter, 5)
+        return sent, server_ts, received
+
+
+def market_symbols(http: str, count: int | None) -> list[str]:
+    """The server's symbols from `GET /symbols`; for a server without that route (the peers),
+    the simulator's first `count` names, which is what such a server simulates."""
+    try:
+        with urllib.request.urlopen(f"{http}/symbols", timeout=10) as response:
+            names: list[str] = orjson.loads(response.read())
+            return names
+    except urllib.error.HTTPError:
+        if count is None:
+            raise
+    from simulators import symbol_names
+
+    return list(symbol_names(count))
+
+
+def symbol_lists(symbols: list[str], clients: int, per_client: int, seed: int) -> list[list[str]]:
+    """Each client's symbols: a deterministic random sample of `per_client` symbols."""
+    rng = random.Random(seed)
+    count = min(per_client, len(symbols))
+    return [rng.sample(symbols, count) for _ in range(clients)]
+
+
+def raise_open_files(needed: int) -> int:
+    """Raise the soft limit on open files towards `needed`; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, needed)
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def emit(message: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
+    sys.stdout.flush()
+
+
+def percentiles_by_second(totals: Totals) -> list[dict[str, float]]:
+    rows = []
+    for second in sorted(totals.seconds):
+        values = np.concatenate(totals.seconds[second])
+        rows.append(
+            {
+                "second": second,
+                "count": int(values.size),
+                "p50": float(np.percentile(values, 50)),
+                "p99": float(np.percentile(values, 99)),
+                "max": float(values.max()),
+            }
+        )
+    return rows
+
+
+async def run(args: argparse.Namespace) -> None:
+    url = urllib.parse.urlsplit(args.url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or 80
+    http = f"http://{host}:{port}"
+    symbols = market_symbols(http, args.symbols)
+    limit = raise_open_files(args.clients + args.slow + 256)
+    loop = asyncio.get_running_loop()
+    totals = Totals()
+    lists = symbol_lists(symbols, args.clients, args.per_client, args.seed)
+    lists += [list(symbols)] * args.slow
+    clients: list[FeedClient] = []
+    semaphore = asyncio.Semaphore(args.connect_concurrency)
+
+    async def connect(index: int, chosen: list[str]) -> None:
+        slow = index >= args.clients
+        async with semaphore:
+            ready: asyncio.Future[None] = loop.create_future()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if slow:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (host, port))
+            _, client = await loop.create_connection(
+                lambda: FeedClient(
+                    totals, f"{host}:{port}", url.path or "/ws", chosen, ready, slow
+                ),
+                sock=sock,
+            )
+            clients.append(client)
+            await asyncio.wait_for(ready, 30)
+
+    started = time.monotonic()
+    await asyncio.gather(*(connect(i, chosen) for i, chosen in enumerate(lists)))
+    # Clock offset: pings on one client, spaced so that each is a clean round trip.
+    pinger = next(client for client in clients if not client.slow)
+    samples = []
+    for i in range(args.pings):
+        samples.append(await pinger.ping(1000 + i))
+        await asyncio.sleep(0.01)
+    offset: ClockOffset = estimate(samples)
+    apply_offset = bool(args.remote)
+    emit(
+        {
+            "event": "ready",
+            "clients": args.clients,
+            "slow": args.slow,
+            "connect_seconds": round(time.monotonic() - started, 3),
+            "open_files_limit": limit,
+            "pid": os.getpid(),
+            "clock": offset.__dict__,
+        }
+    )
+
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    command = (await reader.readline()).strip()
+    if command != b"start":
+        return
+    totals.reset()
+    totals.offset_ns = -offset.offset_ns if apply_offset else 0
+    cpu_start = time.process_time()
+    wall_start = time.monotonic()
+    stop = asyncio.ensure_future(reader.readline())
+    last_cpu, last_wall, last_snapshots = cpu_start, wall_start, 0
+    while not stop.done():
+        await asyncio.wait([stop], timeout=args.flush_interval)
+        totals.flush()
+        now = time.monotonic()
+        if now - last_wall >= 1.0 or stop.done():
+            cpu = time.process_time()
+            emit(
+                {
+                    "event": "progress",
+                    "elapsed": round(now - wall_start, 2),
+                    "snapshots_per_s": round(
+                        (totals.snapshots - last_snapshots) / (now - last_wall)
+                    ),
+                    "p99_us": totals.histogram.percentile(99),
+                    "client_cpu": round(100 * (cpu - last_cpu) / (now - last_wall), 1),
+                    "dropped": totals.dropped,
+                }
+            )
+            last_cpu, last_wall, last_snapshots = cpu, now, totals.snapshots
+    totals.flush()
+    wall = time.monotonic() - wall_start
+    cpu = time.process_time() - cpu_start
+    emit(
+        {
+            "event": "report",
+            "seconds": round(wall, 3),
+            "frames": totals.frames,
+            "snapshots": totals.snapshots,
+            "bytes": totals.bytes,
+            "frames_per_s": totals.frames / wall,
+            "snapshots_per_s": totals.snapshots / wall,
+            "bytes_per_s": totals.bytes / wall,
+            "ticks_per_snapshot": totals.ticks_seen / totals.advances if totals.advances else None,
+            "dropped": totals.dropped,
+            "slow_dropped": totals.slow_dropped,
+            "close_codes": {str(k): v for k, v in totals.close_codes.items()},
+            "client_cpu": 100 * cpu / wall,
+            "latency_us": totals.histogram.summary(),
+            "histogram": totals.histogram.to_dict(),
+            "curve": totals.histogram.curve(),
+            "by_second": percentiles_by_second(totals),
+            "clock_offset_applied": apply_offset,
+        }
+    )
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--per-client", type=int, required=True)
+    parser.add_argument(
+        "--slow", type=int, default=0, help="clients that subscribe to every symbol and never read"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--symbols", type=int, help="symbol count, for servers without /symbols")
+    parser.add_argument("--pings", type=int, default=20)
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="the server is on another host: correct latencies by the offset",
+    )
+    parser.add_argument("--connect-concurrency", type=int, default=200)
+    parser.add_argument("--flush-interval", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run(args))
+    else:
+        uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

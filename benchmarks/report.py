@@ -1,0 +1,186 @@
+"""What a run prints and writes: a table on the terminal, one JSON document, optional plots."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.servers import PEERS_DIR
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for package in ("aiohttp", "uvloop", "orjson", "numpy", "websockets"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    if shutil.which("node"):
+        versions["node"] = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        ws = PEERS_DIR / "node" / "node_modules" / "ws" / "package.json"
+        if ws.exists():
+            versions["ws"] = json.loads(ws.read_text())["version"]
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated runs of one server (a single run is its own median)."""
+    first = runs[0]
+    summary: dict[str, Any] = {"server": first["server"], "runs": len(runs)}
+    summary["latency_us"] = {
+        key: _median([run["latency_us"][key] for run in runs]) for key in first["latency_us"]
+    }
+    for key in (
+        "snapshots_per_s",
+        "frames_per_s",
+        "bytes_per_s",
+        "client_cpu",
+        "server_cpu",
+        "idle_cpu",
+        "fanout_cpu",
+    ):
+        if key in first:
+            summary[key] = _median([run[key] for run in runs])
+    ratios = [run["ticks_per_snapshot"] for run in runs if run.get("ticks_per_snapshot")]
+    summary["ticks_per_snapshot"] = _median(ratios) if ratios else None
+    summary["dropped"] = max(run["dropped"] for run in runs)
+    summary["slow_dropped"] = max(run.get("slow_dropped", 0) for run in runs)
+    summary["client_saturated"] = any(run["client_saturated"] for run in runs)
+    if "tick_rate" in first:
+        summary["tick_rate"] = {
+            "requested": first["tick_rate"]["requested"],
+            "achieved": _median([run["tick_rate"]["achieved"] for run in runs]),
+            "ratio": _median([run["tick_rate"]["ratio"] for run in runs]),
+            "behind": any(run["tick_rate"]["behind"] for run in runs),
+        }
+    if "rss" in first:
+        summary["rss"] = {key: _median([run["rss"][key] for run in runs]) for key in first["rss"]}
+    summary["clock"] = first["clock"]
+    return summary
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def table(summaries: list[dict[str, Any]], scenario: dict[str, Any]) -> str:
+    """The terminal table: one row per server, ratios against ours (the first row)."""
+    head = (
+        f"{'server':<11}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'max':>9}"
+        f"{'snaps/s':>10}{'frames/s':>10}{'MB/s':>7}{'tk/snap':>8}{'market':>8}{'drop':>6}"
+        f"{'CPU%':>6}{'idle%':>6}{'RSS MB':>12}{'client%':>8}{'p99 x':>7}{'CPU x':>7}"
+    )
+    lines = [
+        f"scenario {scenario['name']}: {scenario['symbols']} symbols, "
+        f"{scenario['rate']:g} ticks/s"
+        + (f" (x{scenario['burst_factor']:g} bursts)" if scenario["burst_factor"] != 1 else "")
+        + f", {scenario['clients']} clients x {scenario['per_client']} symbols"
+        + (f", {scenario['slow']} never-reading clients" if scenario["slow"] else "")
+        + f"; latency in ms over {scenario['duration']:g} s",
+        head,
+        "-" * len(head),
+    ]
+    ours = summaries[0] if summaries and summaries[0]["server"] == "feed" else None
+    for s in summaries:
+        lat = s["latency_us"]
+        rate = s.get("tick_rate")
+        market = f"{100 * rate['ratio']:.0f}%" + ("!" if rate["behind"] else "") if rate else "-"
+        rss = s.get("rss")
+        rss_text = f"{rss['start'] / 2**20:.0f}->{rss['end'] / 2**20:.0f}" if rss else "-"
+        cpu = s.get("server_cpu")
+        idle = s.get("idle_cpu")
+        p99_ratio = cpu_ratio = "-"
+        if ours and ours["latency_us"]["p99"]:
+            p99_ratio = f"{lat['p99'] / ours['latency_us']['p99']:.2f}"
+        if ours and cpu is not None and ours.get("server_cpu"):
+            cpu_ratio = f"{cpu / ours['server_cpu']:.2f}"
+        ticks = s["ticks_per_snapshot"]
+        client = f"{s['client_cpu']:.0f}" + ("*" if s["client_saturated"] else "")
+        lines.append(
+            f"{s['server']:<11}{_ms(lat['p50']):>8}{_ms(lat['p90']):>8}{_ms(lat['p99']):>8}"
+            f"{_ms(lat['p99.9']):>8}{_ms(lat['max']):>9}"
+            f"{s['snapshots_per_s']:>10,.0f}{s['frames_per_s']:>10,.0f}"
+            f"{s['bytes_per_s'] / 1e6:>7.1f}{(f'{ticks:.2f}' if ticks else '-'):>8}"
+            f"{market:>8}{s['dropped'] + s['slow_dropped']:>6}"
+            f"{(f'{cpu:.0f}' if cpu is not None else '-'):>6}"
+            f"{(f'{idle:.0f}' if idle is not None else '-'):>6}{rss_text:>12}{client:>8}"
+            f"{p99_ratio:>7}{cpu_ratio:>7}"
+        )
+    lines.append(
+        "market: ticks/s the server's producer achieved vs asked (! below 99%); tk/snap: ticks "
+        "per delivered snapshot (1 = nothing conflated); CPU%: server, % of one core, its market "
+        "included; idle%: the same with no client; client%: load generator CPU (* near "
+        "saturation: figures may measure the client); x: ratio to feed."
+    )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=1, default=str))
+
+
+def plot(
+    summaries: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]], path: Path, title: str
+) -> bool:
+    """Percentile curves and latency over time, one line per server; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no plots; pip install -e '.[bench]')", file=sys.stderr)
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for s in summaries:
+        run = runs[s["server"]][0]
+        qs = [q for q, _ in run["curve"] if q < 100]
+        values = [v / 1000 for q, v in run["curve"] if q < 100]
+        left.plot([1 / (1 - q / 100) for q in qs], values, marker=".", label=s["server"])
+        seconds = [row["second"] for row in run["by_second"]]
+        right.plot(seconds, [row["p99"] / 1000 for row in run["by_second"]], label=s["server"])
+    left.set_xscale("log")
+    ticks = [1, 2, 10, 100, 1000, 10000]
+    left.set_xticks(ticks, ["0", "50", "90", "99", "99.9", "99.99"])
+    left.set_xlabel("percentile")
+    left.set_ylabel("tick-to-client latency (ms)")
+    left.set_yscale("log")
+    left.set_title("latency by percentile (first run)")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend()
+    right.set_xlabel("second of the measured window")
+    right.set_ylabel("p99 latency (ms)")
+    right.set_yscale("log")
+    right.set_title("p99 per second (first run)")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

@@ -1,0 +1,124 @@
+"""The servers a benchmark can run: ours and the peers, each started the same way.
+
+Every server gets the same market (the same simulator, seed and rate), listens on a free port,
+prints `listening on ws://HOST:PORT/ws` when ready, answers `GET /stats` with its tick count, and
+stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.scenarios import Scenario
+
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    description: str
+    build: Callable[[Scenario], list[str]]
+    exclude: tuple[str, ...] = ()
+    """Command-line fragments of helper processes whose CPU and memory are not the server's."""
+    requires: Callable[[], str | None] = lambda: None
+    """Why the server cannot run here, or None."""
+
+    def command(self, scenario: Scenario) -> list[str]:
+        return self.build(scenario)
+
+    def unavailable(self) -> str | None:
+        return self.requires()
+
+
+def _market(scenario: Scenario) -> list[str]:
+    return [
+        "--symbols", str(scenario.symbols),
+        "--rate", str(scenario.rate),
+        "--seed", str(scenario.seed),
+        "--burst-factor", str(scenario.burst_factor),
+        "--burst-every", str(scenario.burst_every),
+        "--burst-length", str(scenario.burst_length),
+    ]  # fmt: skip
+
+
+def _feed(scenario: Scenario) -> list[str]:
+    grace = max(60.0, scenario.duration + scenario.warmup + 30)
+    settings = {
+        "simulator.seed": scenario.seed,
+        "simulator.burst_factor": scenario.burst_factor,
+        "simulator.burst_every": scenario.burst_every,
+        "simulator.burst_length": scenario.burst_length,
+        "limits.max_connections": scenario.clients + scenario.slow + 100,
+        "limits.max_symbols_per_connection": max(1000, scenario.symbols),
+        # The slow clients are to stay connected through the window: a grace longer than it.
+        "limits.slow_consumer_timeout": grace,
+        "websocket.ping_interval": grace,
+    }
+    command = [sys.executable, "-m", "feed", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--symbols", str(scenario.symbols), "--rate", str(scenario.rate)]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    return command
+
+
+def _peer(module: str) -> Callable[[Scenario], list[str]]:
+    def build(scenario: Scenario) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *_market(scenario),
+        ]
+
+    return build
+
+
+def _node_missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (PEERS_DIR / "node" / "node_modules" / "ws").is_dir():
+        return "the ws package is not installed: run `npm ci` in benchmarks/peers/node"
+    return None
+
+
+def _websockets_missing() -> str | None:
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        return "the websockets package is not installed (pip install -e '.[bench]')"
+    return None
+
+
+SERVERS: dict[str, ServerSpec] = {
+    "feed": ServerSpec("feed", "this project: conflating mailbox per connection", _feed),
+    "naive": ServerSpec(
+        "naive",
+        "aiohttp hub: asyncio.Queue(256) per client, one frame per tick, full queue = dropped",
+        _peer("benchmarks.peers.naive_hub"),
+    ),
+    "websockets": ServerSpec(
+        "websockets",
+        "websockets library, broadcast() per tick (no backpressure)",
+        _peer("benchmarks.peers.broadcast"),
+        requires=_websockets_missing,
+    ),
+    "node": ServerSpec(
+        "node",
+        "Node ws, send per tick, skipped above 1 MiB buffered (ticks piped from feed simulate)",
+        _peer("benchmarks.peers.node_peer"),
+        # Its market runs in a `feed simulate` process piped into node: that process counts as
+        # the server's, as the other servers pay for the same simulator inside their process.
+        # Only the idle wrapper is left out.
+        exclude=("benchmarks.peers.node_peer",),
+        requires=_node_missing,
+    ),
+}
