@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import random
 import re
@@ -34,13 +35,15 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from benchmarks.clock import ClockOffset, estimate
+from benchmarks.clock import estimate
 from benchmarks.histogram import Histogram
 
 SNAPSHOT = re.compile(rb'"symbol":"([^"]+)","seq":(\d+),"ts":(\d+)')
 PONG = re.compile(rb'"type":"pong","id":(\d+),"ts":(\d+)')
 UPDATE_PREFIX = b'{"type":"update"'
 SNAPSHOT_PREFIX = b'{"type":"snapshot"'
+SUBSCRIBED_PREFIX = b'{"type":"subscribed"'
+SYMBOL_KEY = b'"symbol":'
 
 
 class Totals:
@@ -91,15 +94,21 @@ class FeedClient(asyncio.Protocol):
         host: str,
         path: str,
         symbols: list[str],
-        ready: asyncio.Future[None],
         slow: bool = False,
+        measured: bool = True,
     ) -> None:
         self.totals = totals
         self.host = host
         self.path = path
         self.symbols = symbols
-        self.ready = ready
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        """Set when the WebSocket handshake is done."""
+        self.ready: asyncio.Future[None] = loop.create_future()
+        """Set when the server answered the subscription."""
         self.slow = slow
+        self.measured = measured
+        """Times every snapshot it gets; the others only count theirs, to keep the client lean."""
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.open = False
@@ -128,8 +137,9 @@ class FeedClient(asyncio.Protocol):
                 self.totals.slow_dropped += 1
             else:
                 self.totals.dropped += 1
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"connection lost during set-up: {exc}"))
+        for future in (self.opened, self.ready):
+            if not future.done():
+                future.set_exception(ConnectionError(f"connection lost during set-up: {exc}"))
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
@@ -141,15 +151,16 @@ class FeedClient(asyncio.Protocol):
                 return
             if not buffer.startswith(b"HTTP/1.1 101"):
                 status = bytes(buffer[: buffer.find(b"\r\n")]).decode(errors="replace")
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(f"upgrade refused: {status}"))
+                for future in (self.opened, self.ready):
+                    if not future.done():
+                        future.set_exception(ConnectionError(f"upgrade refused: {status}"))
                 self.closed = True
                 assert self.transport is not None
                 self.transport.close()
                 return
             del buffer[: end + 4]
             self.open = True
-            self.send_text(orjson.dumps({"op": "subscribe", "symbols": self.symbols, "id": 1}))
+            self.opened.set_result(None)
         totals = self.totals
         position = 0
         size = len(buffer)
@@ -172,13 +183,17 @@ class FeedClient(asyncio.Protocol):
             if end > size:
                 break
             opcode = buffer[position] & 0x0F
-            payload = bytes(buffer[start:end])
             position = end
             totals.frames += 1
             totals.bytes += length
             if opcode == 0x1:
-                self.on_text(payload, now)
-            elif opcode == 0x9:
+                if self.measured or not buffer.startswith(UPDATE_PREFIX, start):
+                    self.on_text(bytes(buffer[start:end]), now)
+                else:  # an update on a connection that only counts: no copy, no parse
+                    totals.snapshots += buffer.count(SYMBOL_KEY, start, end)
+                continue
+            payload = bytes(buffer[start:end])
+            if opcode == 0x9:
                 self.send_frame(0xA, payload)
             elif opcode == 0x8:
                 code = struct.unpack("!H", payload[:2])[0] if length >= 2 else 1005
@@ -216,6 +231,9 @@ class FeedClient(asyncio.Protocol):
         elif payload.startswith(SNAPSHOT_PREFIX):
             for symbol, seq_text, _ in SNAPSHOT.findall(payload):
                 self.last_seq[symbol] = int(seq_text)
+        elif payload.startswith(SUBSCRIBED_PREFIX):
+            # Subscribed: the current state follows, as a snapshot frame, or as an update when
+            # the server is backpressuring this connection already.
             if not self.ready.done():
                 self.ready.set_result(None)
                 if self.slow and self.transport is not None:
@@ -226,6 +244,9 @@ class FeedClient(asyncio.Protocol):
                 waiter = self.pong_waiters.pop(int(match.group(1)), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result((int(match.group(2)), now))
+
+    def subscribe(self) -> None:
+        self.send_text(orjson.dumps({"op": "subscribe", "symbols": self.symbols, "id": 1}))
 
     def send_frame(self, opcode: int, payload: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -253,7 +274,7 @@ class FeedClient(asyncio.Protocol):
         self.pong_waiters[request_id] = waiter
         sent = time.time_ns()
         self.send_text(b'{"op":"ping","id":%d}' % request_id)
-        server_ts, received = await asyncio.wait_for(waiter, 5)
+        server_ts, received = await asyncio.wait_for(waiter, 10)
         return sent, server_ts, received
 
 
@@ -325,10 +346,10 @@ async def run(args: argparse.Namespace) -> None:
     clients: list[FeedClient] = []
     semaphore = asyncio.Semaphore(args.connect_concurrency)
 
-    async def connect(index: int, chosen: list[str]) -> None:
+    async def connect(index: int, chosen: list[str]) -> FeedClient:
+        """Open a connection and finish its handshake (nothing flows before it subscribes)."""
         slow = index >= args.clients
         async with semaphore:
-            ready: asyncio.Future[None] = loop.create_future()
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if slow:
@@ -337,22 +358,55 @@ async def run(args: argparse.Namespace) -> None:
             await loop.sock_connect(sock, (host, port))
             _, client = await loop.create_connection(
                 lambda: FeedClient(
-                    totals, f"{host}:{port}", url.path or "/ws", chosen, ready, slow
+                    totals,
+                    f"{host}:{port}",
+                    url.path or "/ws",
+                    chosen,
+                    slow,
+                    measured=index < args.measure,
                 ),
                 sock=sock,
             )
-            clients.append(client)
-            await asyncio.wait_for(ready, 30)
+            await client.opened
+        opened[0] += 1
+        return client
+
+    opened = [0]
+
+    async def report_connecting() -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            answered = sum(1 for client in clients if client.ready.done())
+            emit(
+                {"event": "connecting", "open": opened[0], "subscribed": answered, "of": len(lists)}
+            )
 
     started = time.monotonic()
-    await asyncio.gather(*(connect(i, chosen) for i, chosen in enumerate(lists)))
-    # Clock offset: pings on one client, spaced so that each is a clean round trip.
-    pinger = next(client for client in clients if not client.slow)
+    reporting = asyncio.ensure_future(report_connecting())
+    try:
+        # All handshakes first, then every subscription at once: a server streaming to the
+        # first clients cannot starve the set-up of the last ones.
+        pinger = await asyncio.wait_for(connect(-1, []), args.ready_timeout)
+        clients.extend(
+            await asyncio.wait_for(
+                asyncio.gather(*(connect(i, chosen) for i, chosen in enumerate(lists))),
+                args.ready_timeout,
+            )
+        )
+        for client in clients:
+            client.subscribe()
+        await asyncio.wait_for(
+            asyncio.gather(*(client.ready for client in clients)), args.ready_timeout
+        )
+    finally:
+        reporting.cancel()
+    # Clock offset from round trips spaced apart, so that each is a clean one.
     samples = []
     for i in range(args.pings):
-        samples.append(await pinger.ping(1000 + i))
+        with contextlib.suppress(TimeoutError):
+            samples.append(await pinger.ping(1000 + i))
         await asyncio.sleep(0.01)
-    offset: ClockOffset = estimate(samples)
+    offset = estimate(samples) if samples else None
     apply_offset = bool(args.remote)
     emit(
         {
@@ -362,7 +416,7 @@ async def run(args: argparse.Namespace) -> None:
             "connect_seconds": round(time.monotonic() - started, 3),
             "open_files_limit": limit,
             "pid": os.getpid(),
-            "clock": offset.__dict__,
+            "clock": offset.__dict__ if offset else None,
         }
     )
 
@@ -372,7 +426,9 @@ async def run(args: argparse.Namespace) -> None:
     if command != b"start":
         return
     totals.reset()
-    totals.offset_ns = -offset.offset_ns if apply_offset else 0
+    if apply_offset and offset is None:
+        raise SystemExit("no pong came back: cannot correct latencies for the clock offset")
+    totals.offset_ns = -offset.offset_ns if apply_offset and offset else 0
     cpu_start = time.process_time()
     wall_start = time.monotonic()
     stop = asyncio.ensure_future(reader.readline())
@@ -419,6 +475,7 @@ async def run(args: argparse.Namespace) -> None:
             "curve": totals.histogram.curve(),
             "by_second": percentiles_by_second(totals),
             "clock_offset_applied": apply_offset,
+            "measured_clients": min(args.measure, args.clients),
         }
     )
     for client in clients:
@@ -442,7 +499,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the server is on another host: correct latencies by the offset",
     )
+    parser.add_argument(
+        "--measure",
+        type=int,
+        default=200,
+        help="clients that time every snapshot (the rest only count theirs)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=200)
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds for every client to be subscribed",
+    )
     parser.add_argument("--flush-interval", type=float, default=0.1)
     args = parser.parse_args(argv)
     try:

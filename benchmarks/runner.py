@@ -223,10 +223,18 @@ async def _measure(
     label: str,
 ) -> dict[str, Any]:
     assert loadgen.stdout is not None and loadgen.stdin is not None
-    connect_timeout = 60 + (scenario.clients + scenario.slow) / 50
-    ready = await _lines(loadgen.stdout, connect_timeout)
-    if ready.get("event") != "ready":
-        raise BenchmarkError(f"unexpected message from the load generator: {ready}")
+    connect_timeout = 660.0  # the load generator gives up on its own after 600 s
+    while True:
+        ready = await _lines(loadgen.stdout, connect_timeout)
+        if ready.get("event") == "ready":
+            break
+        if ready.get("event") != "connecting":
+            raise BenchmarkError(f"unexpected message from the load generator: {ready}")
+        print(
+            f"  {label}: connecting: {ready['open']:,} open, {ready['subscribed']:,} of "
+            f"{ready['of']:,} subscribed",
+            flush=True,
+        )
     print(
         f"  {label}: {scenario.clients + scenario.slow:,} clients subscribed in "
         f"{ready['connect_seconds']:.1f} s; warming up {scenario.warmup:g} s",

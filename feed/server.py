@@ -115,7 +115,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=config.websocket.compress,
         max_msg_size=config.limits.max_message_size,
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        # The client went away during the handshake: nothing to serve, nothing to log.
+        return web.Response(status=400, text="connection closed during the handshake")
     transport = request.transport
     if transport is None:  # the client went away during the handshake
         return ws

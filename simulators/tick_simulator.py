@@ -340,11 +340,17 @@ class TickSimulator:
                     self._batches += 1
                     batch["ts"] = time.time_ns()
                     yield batch
-                if more or not len(batch):
-                    await asyncio.sleep(0)  # the event loop gets a turn whatever the consumer does
+                # The event loop gets a turn whatever the consumer does: when no sleep is due
+                # next (catching up, or the consumer took longer than a step), take it now.
+                if more or not len(batch) or not s.paced or self._due() > 0:
+                    await asyncio.sleep(0)
         finally:
             self._origin_ns = 0
             self._wall_end = time.perf_counter()
+
+    def _due(self) -> int:
+        """Paced steps due now and not yet emitted."""
+        return (time.monotonic_ns() - self._origin_ns) // self._step_ns - self._paced_done
 
     def stats(self) -> SimulatorStats:
         """A snapshot of what stream() delivered so far."""

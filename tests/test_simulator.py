@@ -356,6 +356,30 @@ async def test_unpaced_stream_yields_to_the_event_loop() -> None:
     assert sim.stats().achieved_rate > 0
 
 
+async def test_a_paced_stream_that_runs_late_still_yields_to_the_event_loop() -> None:
+    """A consumer slower than a step keeps the stream always due; other tasks must still run."""
+    sim = TickSimulator(SimulatorSettings(rate=10_000, step=0.001))
+    ticked = 0
+
+    async def ticker() -> None:
+        nonlocal ticked
+        while True:
+            await asyncio.sleep(0)
+            ticked += 1
+
+    task = asyncio.create_task(ticker())
+    at_ten = 0
+    async with aclosing(sim.stream()) as stream:
+        async for _ in stream:
+            time.sleep(0.002)  # the consumer: two steps of work per batch, never awaiting
+            if sim.stats().batches == 10:
+                at_ten = ticked  # running late from here on
+            if sim.stats().batches >= 50:
+                break
+    task.cancel()
+    assert ticked - at_ten >= 30, "other tasks starved while the stream ran late"
+
+
 def test_stats_before_streaming() -> None:
     stats = TickSimulator(SimulatorSettings(burst_factor=2.0)).stats()
     assert (stats.ticks, stats.batches, stats.wall_seconds, stats.behind) == (0, 0, 0.0, 0.0)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import logging
+import os
+import socket
+import struct
 import time
 
 import aiohttp
@@ -227,3 +232,25 @@ async def test_a_peer_that_stops_answering_pings_is_closed(start_feed: StartFeed
     await answering.send_json({"op": "ping", "id": 1})
     assert (await recv(answering))["type"] == "pong"
     silent.close()
+
+
+async def test_clients_that_vanish_during_the_handshake_leave_no_error(
+    start_feed: StartFeed, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = await start_feed()
+    assert feed.server.port is not None
+    key = base64.b64encode(os.urandom(16))
+    for _ in range(20):
+        _, writer = await asyncio.open_connection(feed.server.host, feed.server.port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, right behind the upgrade request
+    ws = await feed.ws()  # still serving
+    await ws.send_json({"op": "ping", "id": 1})
+    assert (await recv(ws))["type"] == "pong"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors[0].getMessage()
