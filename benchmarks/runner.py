@@ -201,6 +201,7 @@ async def drive(
             stderr=log,
             preexec_fn=_pinned(cpus),
             start_new_session=True,
+            limit=2**26,  # the report is one long line
         )
         try:
             result = await _measure(server, scenario, loadgen, baseline, label)
