@@ -38,7 +38,11 @@ SNAPSHOT_FIELDS = (
 _FLOAT_COLUMNS = ("last", "bid", "ask", "open", "high", "low", "notional")
 _INT_COLUMNS = ("seq", "ts", "last_size", "bid_size", "ask_size", "volume", "trades")
 
-_EMPTY = np.empty(0, dtype=np.int64)
+SMALL_BATCH = 24
+"""Batches up to this many ticks are folded tick by tick: below it, the vector path's fixed cost
+(some forty numpy calls) exceeds a Python loop (benchmarks/README.md, ingest)."""
+FEW_SYMBOLS = 8
+"""Snapshots of up to this many symbols are read element by element, for the same reason."""
 
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -70,8 +74,15 @@ class Coalescer:
     Folding a sequence in any batching gives the same state (vwap up to float rounding).
     """
 
-    def __init__(self, symbols: SymbolTable) -> None:
+    def __init__(
+        self,
+        symbols: SymbolTable,
+        small_batch: int = SMALL_BATCH,
+        few_symbols: int = FEW_SYMBOLS,
+    ) -> None:
         self._symbols = symbols
+        self._small_batch = small_batch
+        self._few_symbols = few_symbols
         self._capacity = 0
         self._cols: dict[str, np.ndarray] = {}
         for name in _FLOAT_COLUMNS:
@@ -97,19 +108,29 @@ class Coalescer:
             self._cols[name] = grown
         self._capacity = capacity
 
-    # -- folding ------------------------------------------------------------------------------
-
-    def apply(self, batch: np.ndarray) -> np.ndarray:
-        """Fold a batch of ticks; return the sorted indices of the symbols it changed."""
-        n = len(batch)
-        if n == 0:
-            return _EMPTY
-        sym = batch["sym"]
-        self._grow()
-        low, high = int(sym.min()), int(sym.max())
+    def _check(self, low: int, high: int) -> None:
         if low < 0 or high >= len(self._symbols):
             bad = low if low < 0 else high
             raise ValueError(f"tick for unknown symbol index {bad} (have {len(self._symbols)})")
+
+    # -- folding ------------------------------------------------------------------------------
+
+    def apply(self, batch: np.ndarray) -> list[int]:
+        """Fold a batch of ticks; return the sorted indices of the symbols it changed."""
+        n = len(batch)
+        if n == 0:
+            return []
+        self._grow()
+        if n <= self._small_batch:
+            rows = batch.tolist()
+            syms = [row[0] for row in rows]
+            self._check(min(syms), max(syms))  # before any change: all or nothing
+            fold = self._fold
+            for row in rows:
+                fold(*row)
+            return sorted(set(syms))
+        sym = batch["sym"]
+        self._check(int(sym.min()), int(sym.max()))
         c = self._cols
         order, changed, starts, ends = _groups(sym)
         last = order[ends - 1]
@@ -142,7 +163,8 @@ class Coalescer:
                 price * size, t_starts
             )
             c["trades"][t_syms] += t_ends - t_starts
-        return changed.astype(np.int64, copy=False)
+        result: list[int] = changed.tolist()
+        return result
 
     def apply_one(
         self,
@@ -156,13 +178,26 @@ class Coalescer:
         bid_size: int,
         ask_size: int,
     ) -> None:
-        """Fold one tick with scalar Python: the reference semantics, and the slow path that
-        benchmarks compare the batch path against."""
+        """Fold one tick: the reference semantics, which the batch path is tested against."""
         self._grow()
-        if not 0 <= sym < len(self._symbols):
-            raise ValueError(f"tick for unknown symbol index {sym} (have {len(self._symbols)})")
+        self._check(sym, sym)
+        self._fold(sym, kind, ts, price, size, bid, ask, bid_size, ask_size)
+
+    def _fold(
+        self,
+        sym: int,
+        kind: int,
+        ts: int,
+        price: float,
+        size: int,
+        bid: float,
+        ask: float,
+        bid_size: int,
+        ask_size: int,
+    ) -> None:
         c = self._cols
-        c["seq"][sym] += 1
+        seq = c["seq"]
+        seq[sym] = seq.item(sym) + 1
         c["ts"][sym] = ts
         if kind == QUOTE:
             c["bid"][sym] = bid
@@ -172,26 +207,32 @@ class Coalescer:
             return
         c["last"][sym] = price
         c["last_size"][sym] = size
-        if np.isnan(c["open"][sym]):
+        high, low, notional = c["high"], c["low"], c["notional"]
+        if c["trades"].item(sym) == 0:
             c["open"][sym] = price
-            c["high"][sym] = price
-            c["low"][sym] = price
-            c["notional"][sym] = 0.0
+            high[sym] = price
+            low[sym] = price
+            notional[sym] = price * size
         else:
-            c["high"][sym] = max(c["high"][sym], price)
-            c["low"][sym] = min(c["low"][sym], price)
-        c["volume"][sym] += size
-        c["notional"][sym] += price * size
-        c["trades"][sym] += 1
+            if price > high.item(sym):
+                high[sym] = price
+            if price < low.item(sym):
+                low[sym] = price
+            notional[sym] = notional.item(sym) + price * size
+        volume, trades = c["volume"], c["trades"]
+        volume[sym] = volume.item(sym) + size
+        trades[sym] = trades.item(sym) + 1
 
     # -- reading ------------------------------------------------------------------------------
 
-    def snapshots(self, indices: np.ndarray | list[int]) -> list[dict[str, Any]]:
+    def snapshots(self, indices: list[int]) -> list[dict[str, Any]]:
         """The current snapshot of each symbol in `indices`, as plain JSON-ready dicts.
 
         Values not yet known (no trade yet, no quote yet) are None.
         """
         self._grow()
+        if len(indices) <= self._few_symbols:
+            return [self._snapshot(i) for i in indices]
         idx = np.asarray(indices, dtype=np.int64)
         c = self._cols
         cols = {name: c[name][idx] for name in c}
@@ -221,25 +262,68 @@ class Coalescer:
             strict=True,
         )
         names = self._symbols
-        out: list[dict[str, Any]] = []
-        for i, seq, ts, last, last_size, bid, ask, bsz, asz, op, hi, lo, vol, vw, n, q, t in rows:
-            out.append(
-                {
-                    "symbol": names[i],
-                    "seq": seq,
-                    "ts": ts,
-                    "last": last if t else None,
-                    "last_size": last_size if t else None,
-                    "bid": bid if q else None,
-                    "ask": ask if q else None,
-                    "bid_size": bsz if q else None,
-                    "ask_size": asz if q else None,
-                    "open": op if t else None,
-                    "high": hi if t else None,
-                    "low": lo if t else None,
-                    "volume": vol,
-                    "vwap": vw if t else None,
-                    "trades": n,
-                }
-            )
-        return out
+        return [_snapshot(names[row[0]], *row[1:]) for row in rows]
+
+    def _snapshot(self, i: int) -> dict[str, Any]:
+        """One symbol's snapshot, read element by element (cheaper than the vector path)."""
+        c = self._cols
+        trades = c["trades"].item(i)
+        volume = c["volume"].item(i)
+        bid = c["bid"].item(i)
+        return _snapshot(
+            self._symbols[i],
+            c["seq"].item(i),
+            c["ts"].item(i),
+            c["last"].item(i),
+            c["last_size"].item(i),
+            bid,
+            c["ask"].item(i),
+            c["bid_size"].item(i),
+            c["ask_size"].item(i),
+            c["open"].item(i),
+            c["high"].item(i),
+            c["low"].item(i),
+            volume,
+            c["notional"].item(i) / volume if volume else None,
+            trades,
+            bid == bid,  # not NaN: quoted
+            trades > 0,
+        )
+
+
+def _snapshot(
+    symbol: str,
+    seq: int,
+    ts: int,
+    last: float,
+    last_size: int,
+    bid: float,
+    ask: float,
+    bid_size: int,
+    ask_size: int,
+    open_: float,
+    high: float,
+    low: float,
+    volume: int,
+    vwap: float | None,
+    trades: int,
+    quoted: bool,
+    traded: bool,
+) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "seq": seq,
+        "ts": ts,
+        "last": last if traded else None,
+        "last_size": last_size if traded else None,
+        "bid": bid if quoted else None,
+        "ask": ask if quoted else None,
+        "bid_size": bid_size if quoted else None,
+        "ask_size": ask_size if quoted else None,
+        "open": open_ if traded else None,
+        "high": high if traded else None,
+        "low": low if traded else None,
+        "volume": volume,
+        "vwap": vwap if traded else None,
+        "trades": trades,
+    }

@@ -97,18 +97,25 @@ class Connection:
     def flush(self, now: float) -> bool:
         """Send everything pending as one update frame if the socket can take it.
 
-        Returns False when something is left pending because the socket is full.
+        Returns False when something is left pending because the socket is full. This is the
+        fan-out's inner loop: one call per connection per batch, so it stays flat.
         """
-        if not self.mailbox:
+        mailbox = self.mailbox
+        if not mailbox:
             return True
-        if not self.is_open:
+        transport = self._transport
+        if self.state is not State.OPEN or self.ws.closed or transport.is_closing():
             return True
-        if self._transport.get_write_buffer_size() > self._write_limit:
+        if transport.get_write_buffer_size() > self._write_limit:
             if self.stalled_since is None:
                 self.stalled_since = now
             return False
         self.stalled_since = None
-        self.send(protocol.update_frame(self.mailbox.take()), now)
+        body = protocol.update_frame(mailbox.take())
+        transport.write(protocol.text_frame_header(len(body)) + body)
+        self.frames_sent += 1
+        self.bytes_sent += len(body)
+        self.last_write = now
         return True
 
     def abort(self) -> None:

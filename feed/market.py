@@ -28,13 +28,13 @@ class Market:
 
     def apply(self, batch: np.ndarray) -> tuple[list[int], list[bytes]]:
         """Fold a batch; return the symbols it changed and their newly encoded snapshots."""
-        changed = self.coalescer.apply(batch)
+        syms = self.coalescer.apply(batch)
         self.ticks += len(batch)
         self.batches += 1
-        if not len(changed):
+        if not syms:
             return [], []
-        syms: list[int] = changed.tolist()
-        payloads = [protocol.encode_snapshot(s) for s in self.coalescer.snapshots(changed)]
+        encode = protocol.encode_snapshot
+        payloads = [encode(s) for s in self.coalescer.snapshots(syms)]
         latest = self._latest
         if len(latest) < len(self.symbols):
             latest.extend([None] * (len(self.symbols) - len(latest)))

@@ -177,9 +177,15 @@ def snapshot_frame(payloads: list[bytes]) -> bytes:
     return b'{"type":"snapshot","data":[' + b",".join(payloads) + b"]}"
 
 
+_UPDATE_HEAD: Final = b'{"type":"update","data":['
+_TAIL: Final = b"]}"
+
+
 def update_frame(payloads: list[bytes]) -> bytes:
     """Pending snapshots of a connection, several per frame: frames, not bytes, cost most."""
-    return b'{"type":"update","data":[' + b",".join(payloads) + b"]}"
+    if len(payloads) == 1:
+        return _UPDATE_HEAD + payloads[0] + _TAIL
+    return _UPDATE_HEAD + b",".join(payloads) + _TAIL
 
 
 def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
@@ -192,10 +198,13 @@ def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
 _TEXT_FIN: Final = 0x81
 
 
+_SHORT_HEADERS: Final = tuple(bytes((0x81, n)) for n in range(126))
+
+
 def text_frame_header(length: int) -> bytes:
     """RFC 6455 header of an unmasked, unfragmented text frame (server to client)."""
     if length < 126:
-        return bytes((_TEXT_FIN, length))
+        return _SHORT_HEADERS[length]
     if length < 1 << 16:
         return struct.pack("!BBH", _TEXT_FIN, 126, length)
     return struct.pack("!BBQ", _TEXT_FIN, 127, length)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from feed import coalescer as coalescer_module
 from feed import ticks
 from feed.coalescer import SNAPSHOT_FIELDS, Coalescer
 from feed.symbols import SymbolTable
@@ -45,11 +46,13 @@ def fold_one_at_a_time(array: np.ndarray) -> Coalescer:
     return coalescer
 
 
-def fold_in_batches(array: np.ndarray, cuts: list[int]) -> tuple[Coalescer, list[set[int]]]:
-    coalescer = Coalescer(SymbolTable(SYMBOLS))
-    changed = []
-    for batch in np.split(array, cuts):
-        changed.append(set(coalescer.apply(batch).tolist()))
+def fold_in_batches(
+    array: np.ndarray, cuts: list[int], small_batch: int
+) -> tuple[Coalescer, list[set[int]]]:
+    """Fold batch by batch; `small_batch` chooses the path: 0 forces the vector path for every
+    batch, a large value the tick-by-tick one."""
+    coalescer = Coalescer(SymbolTable(SYMBOLS), small_batch=small_batch)
+    changed = [set(coalescer.apply(batch)) for batch in np.split(array, cuts)]
     return coalescer, changed
 
 
@@ -68,13 +71,31 @@ def test_any_batching_gives_the_same_snapshots_as_one_tick_at_a_time(
 ) -> None:
     array, cuts = case
     reference = fold_one_at_a_time(array)
-    batched_, changed = fold_in_batches(array, cuts)
     indices = list(range(len(SYMBOLS)))
-    for a, b in zip(reference.snapshots(indices), batched_.snapshots(indices), strict=True):
+    for small_batch in (0, 10**9, coalescer_module.SMALL_BATCH):
+        batched_, changed = fold_in_batches(array, cuts, small_batch)
+        for a, b in zip(reference.snapshots(indices), batched_.snapshots(indices), strict=True):
+            assert_same(a, b)
+        # Each batch reports exactly the symbols it touched, sorted.
+        for batch, reported in zip(np.split(array, cuts), changed, strict=True):
+            assert reported == set(batch["sym"].tolist())
+
+
+@settings(max_examples=100)
+@given(batched())
+def test_reading_one_by_one_or_vectorized_gives_the_same_snapshots(
+    case: tuple[np.ndarray, list[int]],
+) -> None:
+    array, _ = case
+    indices = list(range(len(SYMBOLS)))
+    one_by_one = Coalescer(SymbolTable(SYMBOLS), few_symbols=len(SYMBOLS))
+    vectorized = Coalescer(SymbolTable(SYMBOLS), few_symbols=0)
+    for coalescer in (one_by_one, vectorized):
+        for row in array.tolist():
+            coalescer.apply_one(*row)
+    pairs = zip(one_by_one.snapshots(indices), vectorized.snapshots(indices), strict=True)
+    for a, b in pairs:
         assert_same(a, b)
-    # Each batch reports exactly the symbols it touched.
-    for batch, reported in zip(np.split(array, cuts), changed, strict=True):
-        assert reported == set(batch["sym"].tolist())
 
 
 @settings(max_examples=200)
@@ -82,10 +103,10 @@ def test_any_batching_gives_the_same_snapshots_as_one_tick_at_a_time(
 def test_invariants(case: tuple[np.ndarray, list[int]]) -> None:
     array, cuts = case
     coalescer = Coalescer(SymbolTable(SYMBOLS))
-    previous = coalescer.snapshots(range(len(SYMBOLS)))  # type: ignore[arg-type]
+    previous = coalescer.snapshots(list(range(len(SYMBOLS))))
     for batch in np.split(array, cuts):
         coalescer.apply(batch)
-        current = coalescer.snapshots(range(len(SYMBOLS)))  # type: ignore[arg-type]
+        current = coalescer.snapshots(list(range(len(SYMBOLS))))
         for sym, (before, after) in enumerate(zip(previous, current, strict=True)):
             mine = batch[batch["sym"] == sym]
             trades = mine[mine["kind"] == ticks.TRADE]
@@ -142,7 +163,7 @@ def test_symbols_added_later_are_folded() -> None:
     table = SymbolTable(["A"])
     coalescer = Coalescer(table)
     table.extend(f"S{i}" for i in range(100))
-    assert coalescer.apply(ticks.trades([100], [5.0], [1], ts=1)).tolist() == [100]
+    assert coalescer.apply(ticks.trades([100], [5.0], [1], ts=1)) == [100]
     assert coalescer.snapshots([100])[0]["symbol"] == "S99"
 
 
