@@ -171,6 +171,17 @@ def run_scenario(
         print(report.table(summaries, scenario_doc))
         print(document["clock"])
         for s in summaries:
+            if "slow_catch_up_ms" in s:
+                value = s["slow_catch_up_ms"]
+                print(
+                    f"{s['server']}: the never-reading clients, reading again, reached the newest "
+                    "seq of every symbol "
+                    + (
+                        "never (within 10 s), or were dropped"
+                        if value is None
+                        else f"in {value:.1f} ms (the slowest of them)"
+                    )
+                )
             if s["client_saturated"]:
                 print(
                     f"warning: the load generator was near saturation while measuring "

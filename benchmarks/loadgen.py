@@ -40,6 +40,7 @@ from benchmarks.histogram import Histogram
 
 SNAPSHOT = re.compile(rb'"symbol":"([^"]+)","seq":(\d+),"ts":(\d+)')
 PONG = re.compile(rb'"type":"pong","id":(\d+),"ts":(\d+)')
+OBSERVER = -2
 UPDATE_PREFIX = b'{"type":"update"'
 SNAPSHOT_PREFIX = b'{"type":"snapshot"'
 SUBSCRIBED_PREFIX = b'{"type":"subscribed"'
@@ -96,6 +97,7 @@ class FeedClient(asyncio.Protocol):
         symbols: list[str],
         slow: bool = False,
         measured: bool = True,
+        record: bool = True,
     ) -> None:
         self.totals = totals
         self.host = host
@@ -108,6 +110,12 @@ class FeedClient(asyncio.Protocol):
         """Set when the server answered the subscription."""
         self.slow = slow
         self.measured = measured
+        self.record = record
+        """Adds its latencies to the totals; the slow clients and the observer do not."""
+        self.targets: dict[bytes, int] | None = None
+        """Seqs to reach after resuming (a slow client catching up)."""
+        self.resumed_at = 0
+        self.caught_up_ns: int | None = None
         """Times every snapshot it gets; the others only count theirs, to keep the client lean."""
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -214,6 +222,11 @@ class FeedClient(asyncio.Protocol):
 
     def on_text(self, payload: bytes, now: int) -> None:
         totals = self.totals
+        if not self.record and (
+            payload.startswith(UPDATE_PREFIX) or payload.startswith(SNAPSHOT_PREFIX)
+        ):
+            self.track(payload, now)
+            return
         if payload.startswith(UPDATE_PREFIX):
             last_seq = self.last_seq
             pending = totals.pending
@@ -244,6 +257,29 @@ class FeedClient(asyncio.Protocol):
                 waiter = self.pong_waiters.pop(int(match.group(1)), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result((int(match.group(2)), now))
+
+    def track(self, payload: bytes, now: int) -> None:
+        """Follow seqs only; once resumed, note when every target seq is reached."""
+        last_seq = self.last_seq
+        targets = self.targets
+        for symbol, seq_text, _ in SNAPSHOT.findall(payload):
+            seq = int(seq_text)
+            last_seq[symbol] = seq
+            if targets:
+                target = targets.get(symbol)
+                if target is not None and seq >= target:
+                    del targets[symbol]
+                    if not targets and self.caught_up_ns is None:
+                        self.caught_up_ns = now - self.resumed_at
+
+    def resume(self, targets: dict[bytes, int]) -> None:
+        """Start reading again, aiming at `targets` (the newest seqs when it resumes)."""
+        self.targets = {s: seq for s, seq in targets.items() if seq > self.last_seq.get(s, -1)}
+        self.resumed_at = time.time_ns()
+        if not self.targets:
+            self.caught_up_ns = 0
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def subscribe(self) -> None:
         self.send_text(orjson.dumps({"op": "subscribe", "symbols": self.symbols, "id": 1}))
@@ -276,6 +312,26 @@ class FeedClient(asyncio.Protocol):
         self.send_text(b'{"op":"ping","id":%d}' % request_id)
         server_ts, received = await asyncio.wait_for(waiter, 10)
         return sent, server_ts, received
+
+
+async def resume_slow(
+    clients: list[FeedClient], observer: FeedClient, timeout: float = 10.0
+) -> list[float | None]:
+    """Let the slow clients read again; ms until each holds, for every symbol, at least the seq
+    the observer had seen when they resumed (None: not within `timeout`, or it was dropped)."""
+    slow = [client for client in clients if client.slow]
+    targets = dict(observer.last_seq)
+    for client in slow:
+        client.resume(targets)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        client.caught_up_ns is None and not client.closed for client in slow
+    ):
+        await asyncio.sleep(0.005)
+    return [
+        None if client.caught_up_ns is None else round(client.caught_up_ns / 1e6, 2)
+        for client in slow
+    ]
 
 
 def market_symbols(http: str, count: int | None) -> list[str]:
@@ -363,7 +419,8 @@ async def run(args: argparse.Namespace) -> None:
                     url.path or "/ws",
                     chosen,
                     slow,
-                    measured=index < args.measure,
+                    measured=index < args.measure or slow or index == OBSERVER,
+                    record=not slow and index != OBSERVER,
                 ),
                 sock=sock,
             )
@@ -387,16 +444,20 @@ async def run(args: argparse.Namespace) -> None:
         # All handshakes first, then every subscription at once: a server streaming to the
         # first clients cannot starve the set-up of the last ones.
         pinger = await asyncio.wait_for(connect(-1, []), args.ready_timeout)
+        # With slow clients, an observer reads every symbol normally: it knows the newest seqs
+        # when the slow ones start reading again.
+        observer = await connect(OBSERVER, list(symbols)) if args.slow else None
         clients.extend(
             await asyncio.wait_for(
                 asyncio.gather(*(connect(i, chosen) for i, chosen in enumerate(lists))),
                 args.ready_timeout,
             )
         )
-        for client in clients:
+        everyone = clients + ([observer] if observer else [])
+        for client in everyone:
             client.subscribe()
         await asyncio.wait_for(
-            asyncio.gather(*(client.ready for client in clients)), args.ready_timeout
+            asyncio.gather(*(client.ready for client in everyone)), args.ready_timeout
         )
     finally:
         reporting.cancel()
@@ -455,6 +516,7 @@ async def run(args: argparse.Namespace) -> None:
     totals.flush()
     wall = time.monotonic() - wall_start
     cpu = time.process_time() - cpu_start
+    catch_up = await resume_slow(clients, observer) if observer else None
     emit(
         {
             "event": "report",
@@ -475,6 +537,7 @@ async def run(args: argparse.Namespace) -> None:
             "curve": totals.histogram.curve(),
             "by_second": percentiles_by_second(totals),
             "clock_offset_applied": apply_offset,
+            "slow_catch_up_ms": catch_up,
             "measured_clients": min(args.measure, args.clients),
         }
     )

@@ -81,6 +81,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "rss" in first:
         summary["rss"] = {key: _median([run["rss"][key] for run in runs]) for key in first["rss"]}
     summary["clock"] = first["clock"]
+    catch_ups = [run.get("slow_catch_up_ms") for run in runs]
+    if catch_ups[0] is not None:
+        worst = [None if None in c else max(c, default=0.0) for c in catch_ups if c is not None]
+        summary["slow_catch_up_ms"] = (
+            None if None in worst else _median([w for w in worst if w is not None])
+        )
     return summary
 
 

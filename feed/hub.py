@@ -26,6 +26,8 @@ from feed.registry import SubscriptionRegistry
 
 log = logging.getLogger(__name__)
 
+SWEEP_SLICE = 256
+"""Connections swept per turn of the event loop."""
 STALLED_RETRY = 0.005
 """Seconds between retries of connections whose sockets were full, when no tick comes first."""
 
@@ -208,12 +210,12 @@ class Hub:
             now = self._clock()
             self._stalled = {conn for conn in self._stalled if not conn.flush(now)}
 
-    def sweep(self) -> None:
+    def sweep(self, conns: Iterable[Connection] | None = None) -> None:
         """Heartbeats for idle connections; close those stalled past the timeout."""
         now = self._clock()
         timeout = self.limits.slow_consumer_timeout
         idle = self.websocket.heartbeat_interval
-        for conn in list(self.connections.values()):
+        for conn in list(self.connections.values()) if conns is None else conns:
             if conn.state is not State.OPEN:
                 continue
             stalled_for = conn.check_stall(now)
@@ -234,7 +236,12 @@ class Hub:
             await asyncio.sleep(STALLED_RETRY if self._stalled else self._sweep_period)
             self.retry_stalled()
             if self._clock() >= next_sweep:
-                self.sweep()
+                # In slices, with the event loop in between: sweeping 10,000 connections at once
+                # would hold up every update for milliseconds.
+                conns = list(self.connections.values())
+                for start in range(0, len(conns), SWEEP_SLICE):
+                    self.sweep(conns[start : start + SWEEP_SLICE])
+                    await asyncio.sleep(0)
                 next_sweep = self._clock() + self._sweep_period
 
     # -- reading ------------------------------------------------------------------------------

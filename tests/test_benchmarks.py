@@ -105,6 +105,10 @@ def test_scenario_runs_against_every_server(scenario: str, tmp_path: Path) -> No
         assert f"\n{server} " in table
     if scenario == "connections":
         assert ours["rss"]["per_connection"] > 0
+    if scenario == "slow":
+        catch_up = ours["slow_catch_up_ms"]
+        assert len(catch_up) == 2 and all(ms is not None and ms >= 0 for ms in catch_up)
+        assert "reached the newest seq" in table
 
 
 def test_repeats_report_medians_and_plot(tmp_path: Path) -> None:

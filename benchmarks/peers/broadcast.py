@@ -125,18 +125,7 @@ async def _close(server: Server) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = common.parser("broadcast", "websockets broadcast() peer").parse_args(argv)
-    try:
-        sim = TickSimulator(common.settings(args))
-    except ValueError as exc:
-        print(f"broadcast: {exc}", file=sys.stderr)
-        return 2
-    try:
-        common.run(_run(args, sim))
-    except OSError as exc:  # cannot listen
-        print(f"broadcast: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return common.main("broadcast", "websockets broadcast() peer", _run, argv)
 
 
 if __name__ == "__main__":

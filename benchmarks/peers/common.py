@@ -10,13 +10,13 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 import orjson
 
 from benchmarks.peers.fold import Book
-from simulators import SimulatorSettings
+from simulators import SimulatorSettings, TickSimulator
 
 C = TypeVar("C", bound=Hashable)
 
@@ -78,6 +78,27 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def main(
+    prog: str,
+    description: str,
+    serve: Callable[[argparse.Namespace, TickSimulator], Coroutine[Any, Any, None]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The command line every Python peer shares: 2 for a bad setting, 1 if it cannot listen."""
+    args = parser(prog, description).parse_args(argv)
+    try:
+        sim = TickSimulator(settings(args))
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(serve(args, sim))
+    except OSError as exc:  # cannot listen
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def announce(host: str, port: int) -> None:

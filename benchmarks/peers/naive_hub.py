@@ -189,18 +189,7 @@ async def serve(args: argparse.Namespace, sim: TickSimulator) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = common.parser("naive_hub", "aiohttp tutorial hub peer").parse_args(argv)
-    try:
-        sim = TickSimulator(common.settings(args))
-    except ValueError as exc:
-        print(f"naive_hub: {exc}", file=sys.stderr)
-        return 2
-    try:
-        common.run(serve(args, sim))
-    except OSError as exc:  # cannot listen
-        print(f"naive_hub: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return common.main("naive_hub", "aiohttp tutorial hub peer", serve, argv)
 
 
 if __name__ == "__main__":
