@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from feed.symbols import SymbolTable
-from feed.ticks import QUOTE, TRADE
+from feed.ticks import QUOTE
 
 SNAPSHOT_FIELDS = (
     "symbol",
@@ -38,6 +38,7 @@ SNAPSHOT_FIELDS = (
 _FLOAT_COLUMNS = ("last", "bid", "ask", "open", "high", "low", "notional")
 _INT_COLUMNS = ("seq", "ts", "last_size", "bid_size", "ask_size", "volume", "trades")
 
+_INT16_KEYS = 2**15 - 1
 SMALL_BATCH = 24
 """Batches up to this many ticks are folded tick by tick: below it, the vector path's fixed cost
 (some forty numpy calls) exceeds a Python loop (benchmarks/README.md, ingest)."""
@@ -45,22 +46,17 @@ FEW_SYMBOLS = 8
 """Snapshots of up to this many symbols are read element by element, for the same reason."""
 
 
-def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Group positions by key, keeping arrival order within each group.
-
-    Returns (order, unique keys, group starts, group ends) where `order[starts[g]:ends[g]]`
-    are the positions of key `unique[g]` in arrival order.
-    """
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    boundary = np.empty(len(ordered), dtype=bool)
+def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends (exclusive) of the runs of equal values in a sorted array."""
+    n = len(ordered)
+    boundary = np.empty(n, dtype=bool)
     boundary[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=boundary[1:])
     starts = np.flatnonzero(boundary)
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
-    ends[-1] = len(ordered)
-    return order, ordered[starts], starts, ends
+    ends[-1] = n
+    return starts, ends
 
 
 class Coalescer:
@@ -132,28 +128,37 @@ class Coalescer:
         sym = batch["sym"]
         self._check(int(sym.min()), int(sym.max()))
         c = self._cols
-        order, changed, starts, ends = _groups(sym)
-        last = order[ends - 1]
+        # One stable sort by symbol serves all three groupings: positions of each symbol's
+        # ticks, of its quotes and of its trades, each in arrival order. Symbol indices that fit
+        # in 16 bits sort by radix, in linear time.
+        keys = sym.astype(np.int16) if len(self._symbols) <= _INT16_KEYS else sym
+        order = np.argsort(keys, kind="stable")
+        ordered_sym = sym[order]
+        starts, ends = _runs(ordered_sym)
+        changed = ordered_sym[starts]
         c["seq"][changed] += ends - starts
-        c["ts"][changed] = batch["ts"][last]
+        c["ts"][changed] = batch["ts"][order[ends - 1]]
 
-        kind = batch["kind"]
-        quote_pos = np.flatnonzero(kind == QUOTE)
+        is_quote = batch["kind"][order] == QUOTE
+        quote_pos = order[is_quote]
         if len(quote_pos):
-            q_order, q_syms, _, q_ends = _groups(sym[quote_pos])
-            q_last = quote_pos[q_order[q_ends - 1]]
+            quote_sym = ordered_sym[is_quote]
+            _, q_ends = _runs(quote_sym)
+            q_syms = quote_sym[q_ends - 1]
+            q_last = quote_pos[q_ends - 1]
             for field in ("bid", "ask", "bid_size", "ask_size"):
                 c[field][q_syms] = batch[field][q_last]
 
-        trade_pos = np.flatnonzero(kind == TRADE)
+        is_trade = ~is_quote
+        trade_pos = order[is_trade]
         if len(trade_pos):
-            t_order, t_syms, t_starts, t_ends = _groups(sym[trade_pos])
-            ordered = trade_pos[t_order]
-            price = batch["price"][ordered]
-            size = batch["size"][ordered]
-            t_last = ordered[t_ends - 1]
-            c["last"][t_syms] = batch["price"][t_last]
-            c["last_size"][t_syms] = batch["size"][t_last]
+            trade_sym = ordered_sym[is_trade]
+            t_starts, t_ends = _runs(trade_sym)
+            t_syms = trade_sym[t_starts]
+            price = batch["price"][trade_pos]
+            size = batch["size"][trade_pos]
+            c["last"][t_syms] = price[t_ends - 1]
+            c["last_size"][t_syms] = size[t_ends - 1]
             opened = c["open"][t_syms]
             c["open"][t_syms] = np.where(np.isnan(opened), price[t_starts], opened)
             c["high"][t_syms] = np.fmax(c["high"][t_syms], np.maximum.reduceat(price, t_starts))
