@@ -11,6 +11,7 @@ python -m benchmarks lan light                                   (LAN mode over 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list scenarios and servers")
+    summarize = commands.add_parser("summarize", help="print report.json files as Markdown")
+    summarize.add_argument("reports", nargs="+", type=Path)
     for name, help_text in (("run", "run a scenario"), ("lan", "run a scenario over a veth pair")):
         run = commands.add_parser(name, help=help_text)
         run.add_argument("scenario", choices=[*SCENARIOS, "ingest"] if name == "run" else SCENARIOS)
@@ -219,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{spec.name:<12} {spec.description}"
                 + (f"  [unavailable: {reason}]" if reason else "")
             )
+        return 0
+    if args.command == "summarize":
+        for path in args.reports:
+            document = json.loads(path.read_text())
+            if document.get("scenario") == "ingest":
+                print(ingest.table(document["result"]))
+            else:
+                print(report.markdown(document))
+            print()
         return 0
     if args.command == "run" and args.scenario == "ingest":
         return run_ingest(args)

@@ -190,3 +190,63 @@ def plot(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """A run's summary as a Markdown table (for benchmarks/README.md and docs/performance.md)."""
+    scenario = document["scenario"]
+    summaries = document["summary"]
+    ours = next((s for s in summaries if s["server"] == "feed"), None)
+    lines = [
+        f"**{scenario['name']}** ({scenario['symbols']} symbols, {scenario['rate']:g} ticks/s"
+        + (f" x{scenario['burst_factor']:g} in bursts" if scenario["burst_factor"] != 1 else "")
+        + f", {scenario['clients']:,} clients x {scenario['per_client']} symbols"
+        + (f" + {scenario['slow']} that never read" if scenario["slow"] else "")
+        + f"; {scenario['duration']:g} s; median of {summaries[0]['runs']} run(s))",
+        "",
+        "| server | p50 ms | p99 ms | p99.9 ms | max ms | snapshots/s | frames/s | tk/snap "
+        "| market | dropped | CPU % | idle CPU % | RSS MB start→end | client CPU % | p99 vs feed "
+        "| CPU vs feed |",
+        "|" + " --- |" * 16,
+    ]
+    for s in summaries:
+        lat = s["latency_us"]
+        rate = s.get("tick_rate")
+        rss = s.get("rss")
+        cpu = s.get("server_cpu")
+        p99_ratio = lat["p99"] / ours["latency_us"]["p99"] if ours else None
+        cpu_ratio = cpu / ours["server_cpu"] if ours and cpu and ours.get("server_cpu") else None
+        ticks = s["ticks_per_snapshot"]
+        cells = [
+            f"`{s['server']}`",
+            f"{lat['p50'] / 1000:.2f}",
+            f"{lat['p99'] / 1000:.2f}",
+            f"{lat['p99.9'] / 1000:.2f}",
+            f"{lat['max'] / 1000:.2f}",
+            f"{s['snapshots_per_s']:,.0f}",
+            f"{s['frames_per_s']:,.0f}",
+            f"{ticks:.2f}" if ticks else "-",
+            (f"{100 * rate['ratio']:.0f}%" + (" ⚠" if rate["behind"] else "")) if rate else "-",
+            str(s["dropped"] + s["slow_dropped"]),
+            f"{cpu:.0f}" if cpu is not None else "-",
+            f"{s['idle_cpu']:.0f}" if s.get("idle_cpu") is not None else "-",
+            f"{rss['start'] / 2**20:.0f}→{rss['end'] / 2**20:.0f}" if rss else "-",
+            f"{s['client_cpu']:.0f}" + (" ⚠" if s["client_saturated"] else ""),
+            f"{p99_ratio:.2f}" if p99_ratio is not None else "-",
+            f"{cpu_ratio:.2f}" if cpu_ratio is not None else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    extra = []
+    for s in summaries:
+        if "slow_catch_up_ms" in s:
+            value = s["slow_catch_up_ms"]
+            extra.append(
+                f"`{s['server']}`: never-reading clients caught up "
+                + ("never (or were dropped)" if value is None else f"in {value:.1f} ms")
+            )
+        rss = s.get("rss")
+        if rss and scenario["name"] == "connections":
+            extra.append(f"`{s['server']}`: {rss['per_connection'] / 1024:.1f} KB per connection")
+    if extra:
+        lines += ["", "; ".join(extra) + "."]
+    return "\n".join(lines)
