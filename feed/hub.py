@@ -246,15 +246,19 @@ class Hub:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, per_connection: bool = False) -> dict[str, Any]:
+        """Totals over live connections (and conflation over closed ones too); each
+        connection's own counters when asked, since 10,000 of them make a large answer."""
         now = self._clock()
         conns = [conn.stats(now) for conn in self.connections.values()]
-        return {
+        result = {
             "connections": len(conns),
             "stalled": len(self._stalled),
             "conflated": self.counters["conflated_closed"] + sum(c["conflated"] for c in conns),
             "frames_sent": sum(c["frames_sent"] for c in conns),
             "bytes_sent": sum(c["bytes_sent"] for c in conns),
             **self.counters,
-            "per_connection": conns,
         }
+        if per_connection:
+            result["per_connection"] = conns
+        return result

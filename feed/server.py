@@ -181,7 +181,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Counters for operators: market, fan-out (per connection too) and source."""
+    """Counters for operators: market, fan-out and source; `?connections=1` adds each
+    connection's own (pending, conflated, frames and bytes sent, bytes buffered, stalled)."""
     app = request.app
     market = app[MARKET]
     body: dict[str, object] = {
@@ -194,7 +195,7 @@ async def stats(request: web.Request) -> web.Response:
             "state": app[PIPELINE].state,
             "rejected_batches": app[PIPELINE].rejected_batches,
         },
-        "hub": app[HUB].stats(),
+        "hub": app[HUB].stats(per_connection=request.query.get("connections") == "1"),
     }
     source_stats = getattr(app[SOURCE], "stats", None)
     if callable(source_stats):

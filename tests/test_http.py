@@ -54,7 +54,7 @@ async def test_healthz_and_stats(start_feed: StartFeed) -> None:
         "connections": 1,
         "ticks": 1,
     }
-    async with feed.client.get("/stats") as response:
+    async with feed.client.get("/stats?connections=1") as response:
         stats = await response.json()
     assert stats["market"]["ticks"] == 1
     (conn,) = stats["hub"]["per_connection"]

@@ -36,7 +36,7 @@ async def stalled_client(feed: Feed) -> RawClient:
 
 
 async def stats_of(feed: Feed) -> dict[str, Any]:
-    async with feed.client.get("/stats") as response:
+    async with feed.client.get("/stats?connections=1") as response:
         result: dict[str, Any] = await response.json()
         return result
 
