@@ -8,7 +8,6 @@ every subscriber and every HTTP reader.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 
@@ -50,6 +49,3 @@ class Market:
             if cached is not None:
                 return cached
         return protocol.encode_snapshot(self.coalescer.snapshots([sym])[0])
-
-    def snapshot(self, sym: int) -> dict[str, Any]:
-        return self.coalescer.snapshots([sym])[0]
