@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         run.add_argument("--slow", type=int, help="clients that never read")
         run.add_argument("--burst-factor", type=float)
         run.add_argument("--seed", type=int)
+        run.add_argument(
+            "--feed-set",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="a config setting for our server, e.g. "
+            "websocket.send_buffer_size=65536 (repeatable)",
+        )
         run.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}/...)")
         run.add_argument("--no-plot", action="store_true")
         if name == "run":
@@ -91,6 +99,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         slow=args.slow,
         burst_factor=args.burst_factor,
         seed=args.seed,
+        feed_settings=tuple(args.feed_set) or None,
     )
 
 

@@ -25,6 +25,8 @@ class Scenario:
     warmup: float = 2.0
     """Seconds between all clients being subscribed and the measured window."""
     seed: int = 42
+    feed_settings: tuple[str, ...] = ()
+    """Extra `section.key=value` settings for our server (`--feed-set`), to measure a choice."""
 
     def with_overrides(self, **values: object) -> Scenario:
         given = {key: value for key, value in values.items() if value is not None}

@@ -63,6 +63,8 @@ def _feed(scenario: Scenario) -> list[str]:
     command += ["--symbols", str(scenario.symbols), "--rate", str(scenario.rate)]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
+    for assignment in scenario.feed_settings:
+        command += ["--set", assignment]
     return command
 
 
