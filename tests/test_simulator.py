@@ -336,48 +336,51 @@ async def test_duration_stops_the_stream() -> None:
     assert paced.stats().wall_seconds == wall  # frozen once the stream ended
 
 
-async def test_unpaced_stream_yields_to_the_event_loop() -> None:
-    sim = TickSimulator(SimulatorSettings(rate=1e6, step=0.01, paced=False))
-    ticked = 0
+class LoopTurns:
+    """Counts turns of the event loop that another task gets, while in its `async with`."""
 
-    async def ticker() -> None:
-        nonlocal ticked
+    def __init__(self) -> None:
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0)
-            ticked += 1
+            self.count += 1
 
-    task = asyncio.create_task(ticker())
-    async with aclosing(sim.stream()) as stream:
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def test_unpaced_stream_yields_to_the_event_loop() -> None:
+    sim = TickSimulator(SimulatorSettings(rate=1e6, step=0.01, paced=False))
+    turns = LoopTurns()
+    async with turns, aclosing(sim.stream()) as stream:
         async for _ in stream:
             if sim.stats().batches >= 20:
                 break
-    task.cancel()
-    assert ticked >= 10
+    assert turns.count >= 10
     assert sim.stats().achieved_rate > 0
 
 
 async def test_a_paced_stream_that_runs_late_still_yields_to_the_event_loop() -> None:
     """A consumer slower than a step keeps the stream always due; other tasks must still run."""
     sim = TickSimulator(SimulatorSettings(rate=10_000, step=0.001))
-    ticked = 0
-
-    async def ticker() -> None:
-        nonlocal ticked
-        while True:
-            await asyncio.sleep(0)
-            ticked += 1
-
-    task = asyncio.create_task(ticker())
+    turns = LoopTurns()
     at_ten = 0
-    async with aclosing(sim.stream()) as stream:
+    async with turns, aclosing(sim.stream()) as stream:
         async for _ in stream:
             time.sleep(0.002)  # the consumer: two steps of work per batch, never awaiting
             if sim.stats().batches == 10:
-                at_ten = ticked  # running late from here on
+                at_ten = turns.count  # running late from here on
             if sim.stats().batches >= 50:
                 break
-    task.cancel()
-    assert ticked - at_ten >= 30, "other tasks starved while the stream ran late"
+    assert turns.count - at_ten >= 30, "other tasks starved while the stream ran late"
 
 
 def test_stats_before_streaming() -> None:
