@@ -88,7 +88,7 @@ class WebSocketConfig:
     close_timeout: float = _key(2.0, _positive)
     compress: bool = _key(False)
     write_buffer_limit: int = _key(65536, _at_least_one)
-    send_buffer_size: int = _key(0, _non_negative)
+    send_buffer_size: int = _key(65536, _non_negative)
 
 
 @dataclass(frozen=True)
