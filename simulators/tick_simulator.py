@@ -1,10 +1,13 @@
 """A synthetic market: Poisson tick arrivals, GBM prices, realistic quotes and trades.
 
 The core (`TickSimulator.next_batch`) is pure and deterministic under a seed: one call is one
-step of market time, vectorized over the ticks of that step, so its cost follows the number of
-ticks, not the number of symbols. `TickSimulator.stream` is the thin clock-driven edge that makes
-it a `feed.source.Source`: it keeps an absolute schedule, catches up after stalls and reports
-through `stats()` what it actually achieved, so a producer that fell behind is visible.
+step of market time. At a few ticks per step the fixed cost of some forty numpy calls would
+dominate, so steps are drawn in chunks of a few hundred ticks (at most a second of market time),
+vectorized over all their ticks, and served one step at a time by slicing: cost follows the number
+of ticks, not the number of symbols, and a step costs little more than a copy of its ticks.
+`TickSimulator.stream` is the thin clock-driven edge that makes it a `feed.source.Source`: it
+keeps an absolute schedule, catches up after stalls and reports through `stats()` what it actually
+achieved, so a producer that fell behind is visible.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ _MAX_SYMBOLS: Final = 1_000_000
 _NAME_WALKS: Final = ((3, 7_919, 4_321), (4, 104_729, 95_123), (5, 1_299_709, 7_654_321))
 _CATCH_UP_SECONDS: Final = 1.0  # a single catch-up batch covers at most this much market time
 _UNPACED_BATCH_TICKS: Final = 1024  # unpaced mode merges steps until a batch holds this many
+_CHUNK: Final = 256  # next_batch draws steps this many expected ticks (or steps) at a time:
+# enough to amortize numpy's per-call costs, small enough that drawing a chunk (~0.1 ms) stays
+# well under a step
 # Row 0 divides trade prices, row 1 quote prices; column 1 is "is a quote". NaN blanks a field.
 _DENOMINATORS: Final = np.array([[_TICKS_PER_UNIT, np.nan], [np.nan, _TICKS_PER_UNIT]])
 if (TRADE, QUOTE) != (0, 1):  # next_batch writes "is a quote" straight into `kind`
@@ -173,8 +179,17 @@ class TickSimulator:
         self._var_rate = vol**2 * TIME_COMPRESSION / _TRADING_SECONDS_PER_YEAR  # per market second
         # Relative quoted spread: ~1.7 bp for a calm name, ~4.5 bp for a wild one.
         self._rel_spread = (0.5 + 5.0 * vol) * 1e-4
-        self._k = 0  # steps generated so far; step k covers market time [k*step, (k+1)*step)
+        self._k = 0  # steps served so far; step k covers market time [k*step, (k+1)*step)
         self._step_ns = max(1, round(s.step * 1e9))
+        # The chunk of drawn steps next_batch serves from: steps [_chunk_start, _chunk_end) as the
+        # bytes of their ticks; step _chunk_start + i is bytes _bounds[i]:_bounds[i + 1].
+        peak = s.rate * max(1.0, s.burst_factor) * s.step  # expected ticks in a busy step
+        most = min(_CHUNK, max(1, round(1.0 / s.step)))  # at most ~1 s of market time
+        # ~_CHUNK expected ticks, 1..most steps (peak may be tiny: compare before dividing)
+        self._chunk_steps = most if peak * most <= _CHUNK else max(1, math.ceil(_CHUNK / peak))
+        self._chunk: npt.NDArray[np.uint8] = empty(0).view(np.uint8)
+        self._bounds: list[int] = [0]
+        self._chunk_start = self._chunk_end = 0
         # Stream bookkeeping, read by stats().
         self._ticks = 0
         self._batches = 0
@@ -198,19 +213,50 @@ class TickSimulator:
             rate *= s.burst_factor
         return rate * s.step
 
+    def _means(self, k: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """`_mean` of every step in `k`, computed alike."""
+        s = self.settings
+        means = np.full(len(k), s.rate * s.step)
+        if s.burst_factor != 1.0:
+            means[(k * s.step) % s.burst_every < s.burst_length] = s.rate * s.burst_factor * s.step
+        return means
+
     def next_batch(self) -> np.ndarray:
-        """Generate the next step of market time; `ts` is left 0, the batch may be empty.
+        """The next step of market time; `ts` is left 0, the batch may be empty.
 
         Ticks are in time order. Each symbol's mid follows exact GBM from its own last tick, so a
-        quiet symbol costs nothing until it ticks again.
+        quiet symbol costs nothing until it ticks again. The batch is a copy of the step's slice
+        of the current chunk (drawn when the last one runs out), so callers may mutate it; bytes
+        are copied because a structured copy costs twice as much.
         """
-        k, rng = self._k, self._rng
+        if self._k == self._chunk_end:
+            self._draw_chunk()
+        i = self._k - self._chunk_start
         self._k += 1
-        n = int(rng.poisson(self._mean(k)))
+        return self._chunk[self._bounds[i] : self._bounds[i + 1]].copy().view(TICK_DTYPE)
+
+    def _draw_chunk(self) -> None:
+        """Draw the next `_chunk_steps` steps at once: numpy's per-call costs are paid per chunk.
+
+        Poisson counts per step, then each tick at (k + u) * step with u uniform; sorting the
+        chunk's times sorts every step's ticks, and each step keeps its own count of them.
+        """
+        rng, k0 = self._rng, self._k
+        ks = np.arange(k0, k0 + self._chunk_steps, dtype=np.int64)
+        counts = rng.poisson(self._means(ks))
+        bounds = np.zeros(len(ks) + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        self._bounds = (bounds * TICK_DTYPE.itemsize).tolist()
+        self._chunk_start, self._chunk_end = k0, k0 + len(ks)
+        self._chunk = self._draw(np.repeat(ks, counts)).view(np.uint8)
+
+    def _draw(self, k: npt.NDArray[np.int64]) -> np.ndarray:
+        """Ticks in time order, the i-th in step k[i] (`k` sorted)."""
+        rng, n = self._rng, len(k)
         if n == 0:
             return empty(0)
         u = rng.random((6, n))  # rows: time, symbol, kind, trade placement, spread, odd lot
-        t = (k + np.sort(u[0])) * self.settings.step
+        t = np.sort(k + u[0]) * self.settings.step
         sym = np.searchsorted(self._cdf, u[1], side="right")
         mid_ticks = self._walk(sym, t) * _TICKS_PER_UNIT
 
@@ -243,7 +289,7 @@ class TickSimulator:
     def _walk(self, sym: npt.NDArray[np.intp], t: npt.NDArray[np.float64]) -> np.ndarray:
         """Mid of each tick: its symbol's GBM advanced from that symbol's previous tick.
 
-        `t` is sorted. A symbol ticking several times in a step walks through each tick in time
+        `t` is sorted. A symbol ticking several times in a chunk walks through each tick in time
         order (a per-symbol cumulative sum), so the path is exact whatever the step.
         """
         var_rate, log_mid, last_t = self._var_rate, self._log_mid, self._last_t
@@ -254,7 +300,7 @@ class TickSimulator:
         first[0] = True
         np.not_equal(s_sym[1:], s_sym[:-1], out=first[1:])
         z = self._rng.standard_normal(n)
-        if first.all():  # no symbol twice: the common case at small steps
+        if first.all():  # no symbol twice: common in a small chunk
             var = var_rate[sym] * (t - last_t[sym])
             log = log_mid[sym] + np.sqrt(var) * z - 0.5 * var
             log_mid[sym] = log
@@ -281,8 +327,8 @@ class TickSimulator:
     def _steps(self, most: int, enough: float = math.inf) -> np.ndarray:
         """Up to `most` steps concatenated, stopping early once `enough` ticks are in.
 
-        Each step is drawn exactly as `next_batch` draws it, so what a stream emits is the same
-        sequence of ticks however the clock groups steps into batches.
+        Each step is the one `next_batch` returns, so what a stream emits is the same sequence of
+        ticks however the clock groups steps into batches.
         """
         parts: list[np.ndarray] = []
         count = ticks = 0

@@ -75,7 +75,11 @@ def test_next_batch_leaves_ts_zero_and_may_be_empty() -> None:
     assert all((b["ts"] == 0).all() for b in batches)
 
 
-async def test_stream_emits_the_same_ticks_as_next_batch() -> None:
+@pytest.mark.parametrize("chunk", [16, tick_simulator._CHUNK])
+async def test_stream_emits_the_same_ticks_as_next_batch(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(tick_simulator, "_CHUNK", chunk)  # 16: a chunk is 4 steps
     config = SimulatorSettings(rate=5_000, seed=3, duration=0.25)
     twin = TickSimulator(config)
     expected = joined(run(twin, 250))
@@ -84,6 +88,43 @@ async def test_stream_emits_the_same_ticks_as_next_batch() -> None:
         got = joined(await collect(sim))
         got["ts"] = 0
         assert got.tobytes() == expected.tobytes()
+
+
+def test_writing_a_batch_leaves_the_steps_that_follow_untouched() -> None:
+    config = SimulatorSettings(rate=20_000, seed=5)
+    sim, twin = TickSimulator(config), TickSimulator(config)
+    kept = []
+    for _ in range(1_000):  # several chunks
+        batch = sim.next_batch()
+        assert batch.tobytes() == twin.next_batch().tobytes()
+        batch["ts"], batch["price"] = 7, -1.0  # as stream() stamps ts
+        kept.append(batch)
+    assert all((b["ts"] == 7).all() for b in kept)
+
+
+@pytest.mark.parametrize(
+    ("settings", "steps"),
+    [
+        ({"rate": 100, "step": 0.01}, 100),  # capped at 1 s of market time
+        ({"rate": 10_000}, 26),  # ~256 ticks
+        ({"rate": 2_000, "burst_factor": 4.0}, 32),  # sized for the burst rate
+        ({"rate": 1_000, "step": 1e-5}, 256),  # at most 256 steps
+        ({"rate": 1e6, "step": 0.01}, 1),  # a step holds more than a chunk's worth
+        ({"rate": 1.0, "step": 2.0}, 1),
+        ({"rate": 1e-300, "step": 1e-300}, 256),  # expected ticks underflow to 0
+    ],
+)
+def test_steps_are_drawn_in_chunks_of_a_few_hundred_ticks(
+    settings: dict[str, Any], steps: int
+) -> None:
+    assert TickSimulator(SimulatorSettings(**settings))._chunk_steps == steps
+
+
+def test_the_chunked_burst_schedule_is_the_per_step_one() -> None:
+    config = SimulatorSettings(step=0.003, burst_factor=3.0, burst_every=0.7, burst_length=0.2)
+    sim = TickSimulator(config)
+    k = np.arange(5_000)
+    assert sim._means(k).tolist() == [sim._mean(i) for i in range(5_000)]
 
 
 # Symbols
@@ -232,7 +273,11 @@ def test_realized_volatility_matches_the_documented_time_scale() -> None:
     assert ((realized > 0.1 * per_10s) & (realized < 1.0 * per_10s)).all()  # 15%..80% drawn
 
 
-def test_bursts_multiply_the_rate_inside_their_windows() -> None:
+@pytest.mark.parametrize("chunk", [1, 300, tick_simulator._CHUNK])  # 1, 4, 32 steps a chunk
+def test_bursts_multiply_the_rate_inside_their_windows(
+    monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(tick_simulator, "_CHUNK", chunk)
     config = SimulatorSettings(
         rate=2_000, step=0.01, burst_factor=4.0, burst_every=1.0, burst_length=0.25
     )
