@@ -51,6 +51,7 @@ _MAX_SYMBOLS: Final = 1_000_000
 _NAME_WALKS: Final = ((3, 7_919, 4_321), (4, 104_729, 95_123), (5, 1_299_709, 7_654_321))
 _CATCH_UP_SECONDS: Final = 1.0  # a single catch-up batch covers at most this much market time
 _UNPACED_BATCH_TICKS: Final = 1024  # unpaced mode merges steps until a batch holds this many
+_MIN_SLEEP_NS: Final = 1_000_000  # the resolution of the event loop's timers
 _CHUNK: Final = 256  # next_batch draws steps this many expected ticks (or steps) at a time:
 # enough to amortize numpy's per-call costs, small enough that drawing a chunk (~0.1 ms) stays
 # well under a step
@@ -373,7 +374,11 @@ class TickSimulator:
                     due = (now - self._origin_ns) // step_ns - self._paced_done
                     if due <= 0:
                         next_due = self._origin_ns + (self._paced_done + 1) * step_ns
-                        await asyncio.sleep((next_due - now) / 1e9)
+                        # libuv (uvloop) rounds a timer under a millisecond down to none: such
+                        # a sleep returns at once and the loop would spin until the step is due.
+                        # Sleep at least a millisecond, as asyncio's own loop does; the absolute
+                        # schedule takes the steps that came due meanwhile in one batch.
+                        await asyncio.sleep(max(next_due - now, _MIN_SLEEP_NS) / 1e9)
                         continue
                     count = min(due, left)
                     more = count < due

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -426,6 +427,32 @@ async def test_a_paced_stream_that_runs_late_still_yields_to_the_event_loop() ->
             if sim.stats().batches >= 50:
                 break
     assert turns.count - at_ten >= 30, "other tasks starved while the stream ran late"
+
+
+def test_a_paced_stream_waits_with_timers_not_a_spin_under_uvloop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop's timers round a delay under 1 ms down to none: waiting for the next step must
+    not turn into a busy loop of zero-length sleeps (it once cost an idle server 10% of a core)."""
+    sim = TickSimulator(SimulatorSettings(rate=2_000, step=0.001))
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        if delay > 0:
+            waits.append(delay)
+        await real_sleep(delay)
+
+    async def stream_100_steps() -> None:
+        async with aclosing(sim.stream()) as stream:
+            async for _ in stream:
+                if sim._k >= 100:
+                    break
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    uvloop.run(stream_100_steps())
+    assert waits and min(waits) >= 0.001
+    assert len(waits) <= 100  # at most one wait per step (fewer where a wait spans steps)
 
 
 def test_stats_before_streaming() -> None:
