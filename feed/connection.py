@@ -16,6 +16,7 @@ from aiohttp import web
 
 from feed import protocol
 from feed.mailbox import Mailbox
+from feed.market import Market
 from feed.ratelimit import TokenBucket
 
 _ids = itertools.count(1)
@@ -88,14 +89,16 @@ class Connection:
         limited). False if the connection no longer takes writes."""
         if not self.is_open:
             return False
-        self._transport.write(protocol.text_frame_header(len(message)) + message)
+        frame = protocol.text_frame(message)
+        self._transport.write(frame)
         self.frames_sent += 1
-        self.bytes_sent += len(message)
+        self.bytes_sent += len(frame)
         self.last_write = now
         return True
 
-    def flush(self, now: float) -> bool:
-        """Send everything pending as one update frame if the socket can take it.
+    def flush(self, now: float, market: Market) -> bool:
+        """Send the newest snapshot of every pending symbol as one frame if the socket can take
+        it.
 
         Returns False when something is left pending because the socket is full. This is the
         fan-out's inner loop: one call per connection per batch, so it stays flat.
@@ -111,10 +114,10 @@ class Connection:
                 self.stalled_since = now
             return False
         self.stalled_since = None
-        body = protocol.update_frame(mailbox.take())
-        transport.write(protocol.text_frame_header(len(body)) + body)
+        frame = market.update_frame(mailbox.take())
+        transport.write(frame)
         self.frames_sent += 1
-        self.bytes_sent += len(body)
+        self.bytes_sent += len(frame)
         self.last_write = now
         return True
 

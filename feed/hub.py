@@ -173,13 +173,13 @@ class Hub:
         self.registry.subscribe(conn, syms)
         conn.mailbox.discard(syms)
         conn.send(protocol.subscribed(request.id, request.symbols), now)
-        payloads = [self.market.payload(sym) for sym in syms]
         if conn.writable:
+            payloads = [self.market.payload(sym) for sym in syms]
             conn.send(protocol.snapshot_frame(payloads), now)
         else:
             # The socket is full: the current state waits, conflated, like any update would.
-            for sym, payload in zip(syms, payloads, strict=True):
-                conn.mailbox.put(sym, payload)
+            for sym in syms:
+                conn.mailbox.put(sym)
             self._stalled.add(conn)
 
     def _unsubscribe(self, conn: Connection, request: Unsubscribe, now: float) -> None:
@@ -191,24 +191,30 @@ class Hub:
 
     # -- fan-out ------------------------------------------------------------------------------
 
-    def publish(self, syms: list[int], payloads: list[bytes]) -> None:
-        """Offer each changed snapshot to its subscribers and flush every socket that can take
-        more. Never waits: a full socket keeps its snapshots conflated in its mailbox."""
+    def publish(self, syms: list[int]) -> None:
+        """Offer each changed symbol to its subscribers and flush every socket that can take
+        more. Never waits: a full socket keeps its symbols conflated in its mailbox."""
         now = self._clock()
         dirty: dict[Connection, None] = {}
         subscribers = self.registry.subscribers
-        for sym, payload in zip(syms, payloads, strict=True):
+        for sym in syms:
             for conn in subscribers(sym):
-                conn.mailbox.put(sym, payload)
+                mailbox = conn.mailbox
+                # Mailbox.put, inlined: this runs once per subscriber per changed symbol.
+                if sym in mailbox:
+                    mailbox.conflated += 1
+                else:
+                    mailbox[sym] = None
                 dirty[conn] = None
         if self._stalled:
             dirty.update(dict.fromkeys(self._stalled))
-        self._stalled = {conn for conn in dirty if not conn.flush(now)}
+        market = self.market
+        self._stalled = {conn for conn in dirty if not conn.flush(now, market)}
 
     def retry_stalled(self) -> None:
         if self._stalled:
-            now = self._clock()
-            self._stalled = {conn for conn in self._stalled if not conn.flush(now)}
+            now, market = self._clock(), self.market
+            self._stalled = {conn for conn in self._stalled if not conn.flush(now, market)}
 
     def sweep(self, conns: Iterable[Connection] | None = None) -> None:
         """Heartbeats for idle connections; close those stalled past the timeout."""

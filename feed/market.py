@@ -1,8 +1,8 @@
 """The market: every symbol's folded state and its encoded snapshot, in one place.
 
 What the pipeline writes into and what every reader (the fan-out, HTTP snapshots, new
-subscribers) reads from. Each snapshot is encoded once per change; the same bytes then go to
-every subscriber and every HTTP reader.
+subscribers) reads from. Each snapshot is encoded once per change, and the frame that carries it
+alone is built at most once per change: the same bytes then go to every subscriber.
 """
 
 from __future__ import annotations
@@ -21,25 +21,30 @@ class Market:
         self.symbols = SymbolTable(symbols)
         self.coalescer = Coalescer(self.symbols)
         self._latest: list[bytes | None] = []
+        self._frames: list[bytes | None] = []
+        """Per symbol, the update frame carrying only its newest snapshot, once built."""
         self.ticks = 0
         """Ticks folded so far."""
         self.batches = 0
 
-    def apply(self, batch: np.ndarray) -> tuple[list[int], list[bytes]]:
-        """Fold a batch; return the symbols it changed and their newly encoded snapshots."""
+    def apply(self, batch: np.ndarray) -> list[int]:
+        """Fold a batch, encode each snapshot it changed; return the symbols it changed."""
         syms = self.coalescer.apply(batch)
         self.ticks += len(batch)
         self.batches += 1
         if not syms:
-            return [], []
+            return syms
         encode = protocol.encode_snapshot
         payloads = [encode(s) for s in self.coalescer.snapshots(syms)]
-        latest = self._latest
+        latest, frames = self._latest, self._frames
         if len(latest) < len(self.symbols):
-            latest.extend([None] * (len(self.symbols) - len(latest)))
+            grow = len(self.symbols) - len(latest)
+            latest.extend([None] * grow)
+            frames.extend([None] * grow)
         for sym, payload in zip(syms, payloads, strict=True):
             latest[sym] = payload
-        return syms, payloads
+            frames[sym] = None
+        return syms
 
     def payload(self, sym: int) -> bytes:
         """The current encoded snapshot of `sym` (one that never ticked has seq 0)."""
@@ -49,3 +54,21 @@ class Market:
             if cached is not None:
                 return cached
         return protocol.encode_snapshot(self.coalescer.snapshots([sym])[0])
+
+    def update_frame(self, syms: list[int]) -> bytes:
+        """The WebSocket frame that carries the newest snapshot of each of `syms`.
+
+        A frame for one symbol is what most connections are sent: it is built once per change
+        and shared by every subscriber, so a frame costs them no encoding at all.
+        """
+        if len(syms) == 1:
+            sym = syms[0]
+            frames = self._frames
+            frame = frames[sym] if sym < len(frames) else None
+            if frame is None:
+                frame = protocol.text_frame(protocol.update_frame([self.payload(sym)]))
+                if sym < len(frames):
+                    frames[sym] = frame
+            return frame
+        payload = self.payload
+        return protocol.text_frame(protocol.update_frame([payload(sym) for sym in syms]))

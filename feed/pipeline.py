@@ -40,13 +40,13 @@ class Pipeline:
             async for batch in self.source.stream():
                 self._sync_symbols()
                 try:
-                    syms, payloads = self.market.apply(batch)
+                    syms = self.market.apply(batch)
                 except ValueError:
                     self.rejected_batches += 1
                     log.exception("rejected a batch of %d ticks from the source", len(batch))
                     continue
                 if syms:
-                    self.hub.publish(syms, payloads)
+                    self.hub.publish(syms)
         except asyncio.CancelledError:
             self.state = "ended"
             raise

@@ -208,3 +208,8 @@ def text_frame_header(length: int) -> bytes:
     if length < 1 << 16:
         return struct.pack("!BBH", _TEXT_FIN, 126, length)
     return struct.pack("!BBQ", _TEXT_FIN, 127, length)
+
+
+def text_frame(message: bytes) -> bytes:
+    """`message` as one unmasked, unfragmented text frame, ready for the transport."""
+    return text_frame_header(len(message)) + message

@@ -20,24 +20,23 @@ operations = st.lists(
 
 @given(operations)
 def test_last_sent_is_newest_and_nothing_is_sent_twice(ops: list[tuple[str, int | None]]) -> None:
+    """The market holds each symbol's newest version; a drain sends what it holds then."""
     mailbox = Mailbox()
     version: dict[int, int] = {}
-    sent: list[bytes] = []
+    sent: list[tuple[int, int]] = []
     for op, sym in ops:
         if op == "update":
             assert sym is not None
             version[sym] = version.get(sym, 0) + 1
-            mailbox.put(sym, f"{sym}:{version[sym]}".encode())
+            mailbox.put(sym)
             assert len(mailbox) <= 6  # bounded by the number of symbols
         else:
-            sent.extend(mailbox.take())
-    sent.extend(mailbox.take())  # the client catches up
+            sent.extend((s, version[s]) for s in mailbox.take())
+    sent.extend((s, version[s]) for s in mailbox.take())  # the client catches up
 
     assert len(sent) == len(set(sent)), "a snapshot was sent twice"
     last_sent: dict[int, int] = {}
-    for payload in sent:
-        sym_text, version_text = payload.decode().split(":")
-        sym_, v = int(sym_text), int(version_text)
+    for sym_, v in sent:
         assert v > last_sent.get(sym_, 0), "an older snapshot followed a newer one"
         last_sent[sym_] = v
     assert last_sent == version
@@ -46,10 +45,18 @@ def test_last_sent_is_newest_and_nothing_is_sent_twice(ops: list[tuple[str, int 
     assert mailbox.delivered == len(sent)
 
 
+def test_pending_symbols_keep_the_order_they_first_became_pending() -> None:
+    mailbox = Mailbox()
+    for sym in (3, 1, 3, 2, 1):
+        mailbox.put(sym)
+    assert mailbox.take() == [3, 1, 2]
+    assert (mailbox.conflated, mailbox.delivered) == (2, 3)
+
+
 def test_discard_forgets_pending() -> None:
     mailbox = Mailbox()
-    mailbox.put(1, b"a")
-    mailbox.put(2, b"b")
+    mailbox.put(1)
+    mailbox.put(2)
     mailbox.discard([1, 3])
-    assert mailbox.take() == [b"b"]
+    assert mailbox.take() == [2]
     assert not mailbox
