@@ -15,6 +15,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from feed import hub as hub_module
 from feed import ticks
 from feed.coalescer import SNAPSHOT_FIELDS
 from tests.conftest import StartFeed, recv, recv_until, subscribe
@@ -184,6 +185,20 @@ async def test_idle_connections_get_heartbeats(start_feed: StartFeed) -> None:
     second = await recv(ws, heartbeats=True)
     assert first["type"] == second["type"] == "heartbeat"
     assert second["ts"] - first["ts"] >= 0.1e9
+
+
+async def test_every_idle_connection_gets_heartbeats_when_sweeping_one_per_turn(
+    start_feed: StartFeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper yields to the event loop between slices (heartbeats are writes, and
+    thousands at once would hold every update up); sliced to one connection, none is missed."""
+    monkeypatch.setattr(hub_module, "SWEEP_BUDGET", 0.0)
+    feed = await start_feed(websocket={"heartbeat_interval": 0.2})
+    clients = [await feed.ws() for _ in range(30)]
+    beats = await asyncio.wait_for(
+        asyncio.gather(*(recv(ws, heartbeats=True) for ws in clients)), timeout=10
+    )
+    assert all(beat["type"] == "heartbeat" for beat in beats)
 
 
 async def test_compression_is_off_by_default_even_when_offered(start_feed: StartFeed) -> None:
