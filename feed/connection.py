@@ -29,6 +29,9 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+_OPEN = State.OPEN  # a module global: the fan-out reads it once per connection per batch
+
+
 class Connection:
     __slots__ = (
         "_transport",
@@ -107,14 +110,19 @@ class Connection:
         if not mailbox:
             return True
         transport = self._transport
-        if self.state is not State.OPEN or self.ws.closed or transport.is_closing():
+        if self.state is not _OPEN or self.ws.closed or transport.is_closing():
             return True
         if transport.get_write_buffer_size() > self._write_limit:
             if self.stalled_since is None:
                 self.stalled_since = now
             return False
         self.stalled_since = None
-        frame = market.update_frame(mailbox.take())
+        if len(mailbox) == 1:  # the common case: the one symbol of this batch
+            syms = [mailbox.popitem()[0]]
+            mailbox.delivered += 1
+        else:
+            syms = mailbox.take()
+        frame = market.update_frame(syms)
         transport.write(frame)
         self.frames_sent += 1
         self.bytes_sent += len(frame)
