@@ -118,11 +118,10 @@ class Connection:
             return False
         self.stalled_since = None
         if len(mailbox) == 1:  # the common case: the one symbol of this batch
-            syms = [mailbox.popitem()[0]]
+            frame = market.symbol_frame(mailbox.popitem()[0])
             mailbox.delivered += 1
         else:
-            syms = mailbox.take()
-        frame = market.update_frame(syms)
+            frame = market.update_frame(mailbox.take())
         transport.write(frame)
         self.frames_sent += 1
         self.bytes_sent += len(frame)

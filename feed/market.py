@@ -56,19 +56,20 @@ class Market:
         return protocol.encode_snapshot(self.coalescer.snapshots([sym])[0])
 
     def update_frame(self, syms: list[int]) -> bytes:
-        """The WebSocket frame that carries the newest snapshot of each of `syms`.
-
-        A frame for one symbol is what most connections are sent: it is built once per change
-        and shared by every subscriber, so a frame costs them no encoding at all.
-        """
+        """The WebSocket frame that carries the newest snapshot of each of `syms`."""
         if len(syms) == 1:
-            sym = syms[0]
-            frames = self._frames
-            frame = frames[sym] if sym < len(frames) else None
-            if frame is None:
-                frame = protocol.text_frame(protocol.update_frame([self.payload(sym)]))
-                if sym < len(frames):
-                    frames[sym] = frame
-            return frame
+            return self.symbol_frame(syms[0])
         payload = self.payload
         return protocol.text_frame(protocol.update_frame([payload(sym) for sym in syms]))
+
+    def symbol_frame(self, sym: int) -> bytes:
+        """The update frame that carries only the newest snapshot of `sym`: what most
+        connections are sent. Built once per change and shared by every subscriber, so it costs
+        them no encoding at all."""
+        frames = self._frames
+        frame = frames[sym] if sym < len(frames) else None
+        if frame is None:
+            frame = protocol.text_frame(protocol.update_frame([self.payload(sym)]))
+            if sym < len(frames):
+                frames[sym] = frame
+        return frame
