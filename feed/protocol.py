@@ -189,8 +189,11 @@ def update_frame(payloads: list[bytes]) -> bytes:
 
 
 def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
-    """Encode one snapshot; done once per change, the same bytes go to every subscriber."""
-    return orjson.dumps(snapshot)
+    """Encode one snapshot; done once per change, the same bytes go to every subscriber.
+
+    Copied to its size: orjson leaves each result in an 8 KiB allocation, and the market keeps
+    one per symbol (8 MB for 1,000 symbols instead of 250 KB)."""
+    return bytes(memoryview(orjson.dumps(snapshot)))
 
 
 # -- framing ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import orjson
 import pytest
 from hypothesis import given
@@ -130,3 +132,16 @@ def test_text_frame_header_lengths(length: int) -> None:
         assert header[1] == 126 and int.from_bytes(header[2:4]) == length
     else:
         assert header[1] == 127 and int.from_bytes(header[2:10]) == length
+
+
+def test_an_encoded_snapshot_occupies_about_its_own_size() -> None:
+    """The market keeps one encoded snapshot per symbol; orjson's own result sits in an 8 KiB
+    allocation, which for 10,000 symbols would be 80 MB of mostly empty memory."""
+    snapshot = {"symbol": "AAPL", "seq": 7, "ts": 1_700_000_000_000_000_000, "last": 190.25}
+    tracemalloc.start()
+    try:
+        payloads = [protocol.encode_snapshot(snapshot) for _ in range(100)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 100 * (len(payloads[0]) + 100) + 2_000  # the objects, the list, no slack
