@@ -38,6 +38,16 @@ SNAPSHOT_FIELDS = (
 _FLOAT_COLUMNS = ("last", "bid", "ask", "open", "high", "low", "notional")
 _INT_COLUMNS = ("seq", "ts", "last_size", "bid_size", "ask_size", "volume", "trades")
 
+_ROW = (
+    "seq", "ts", "last", "last_size", "bid", "ask", "bid_size", "ask_size",
+    "open", "high", "low", "volume", "notional", "trades",
+)  # fmt: skip
+"""A symbol's state as a Python list, in this order (see `Coalescer._rows`)."""
+_SEQ, _TS, _LAST, _LAST_SIZE, _BID, _ASK, _BID_SIZE, _ASK_SIZE = range(8)
+_OPEN, _HIGH, _LOW, _VOLUME, _NOTIONAL, _TRADES = range(8, 14)
+ROWS_KEPT = 4096
+"""Symbols whose state may live in Python rows at once; past it, rows are written back."""
+
 _INT16_KEYS = 2**15 - 1
 SMALL_BATCH = 24
 """Batches up to this many ticks are folded tick by tick: below it, the vector path's fixed cost
@@ -81,6 +91,10 @@ class Coalescer:
         self._few_symbols = few_symbols
         self._capacity = 0
         self._cols: dict[str, np.ndarray] = {}
+        self._rows: dict[int, list[Any]] = {}
+        """Symbols folded tick by tick since the columns were last written: their newest state
+        is this row, not the columns. Python lists are read and written several times faster
+        than numpy elements, which is what a batch of two or three ticks costs."""
         for name in _FLOAT_COLUMNS:
             self._cols[name] = np.full(0, np.nan)
         for name in _INT_COLUMNS:
@@ -96,6 +110,7 @@ class Coalescer:
         needed = len(self._symbols)
         if needed <= self._capacity:
             return
+        self._write_rows()
         capacity = max(needed, 2 * self._capacity, 16)
         for name, column in self._cols.items():
             fill = np.nan if name in _FLOAT_COLUMNS else 0
@@ -118,13 +133,16 @@ class Coalescer:
             return []
         self._grow()
         if n <= self._small_batch:
-            rows = batch.tolist()
-            syms = [row[0] for row in rows]
+            ticks = batch.tolist()
+            syms = [tick[0] for tick in ticks]
             self._check(min(syms), max(syms))  # before any change: all or nothing
             fold = self._fold
-            for row in rows:
-                fold(*row)
+            for tick in ticks:
+                fold(*tick)
+            if len(self._rows) > ROWS_KEPT:
+                self._write_rows()
             return sorted(set(syms))
+        self._write_rows()
         sym = batch["sym"]
         self._check(int(sym.min()), int(sym.max()))
         c = self._cols
@@ -200,33 +218,42 @@ class Coalescer:
         bid_size: int,
         ask_size: int,
     ) -> None:
-        c = self._cols
-        seq = c["seq"]
-        seq[sym] = seq.item(sym) + 1
-        c["ts"][sym] = ts
+        row = self._rows.get(sym)
+        if row is None:
+            c = self._cols
+            row = self._rows[sym] = [c[name].item(sym) for name in _ROW]
+        row[_SEQ] += 1
+        row[_TS] = ts
         if kind == QUOTE:
-            c["bid"][sym] = bid
-            c["ask"][sym] = ask
-            c["bid_size"][sym] = bid_size
-            c["ask_size"][sym] = ask_size
+            row[_BID] = bid
+            row[_ASK] = ask
+            row[_BID_SIZE] = bid_size
+            row[_ASK_SIZE] = ask_size
             return
-        c["last"][sym] = price
-        c["last_size"][sym] = size
-        high, low, notional = c["high"], c["low"], c["notional"]
-        if c["trades"].item(sym) == 0:
-            c["open"][sym] = price
-            high[sym] = price
-            low[sym] = price
-            notional[sym] = price * size
+        row[_LAST] = price
+        row[_LAST_SIZE] = size
+        if row[_TRADES] == 0:
+            row[_OPEN] = row[_HIGH] = row[_LOW] = price
+            row[_NOTIONAL] = price * size
         else:
-            if price > high.item(sym):
-                high[sym] = price
-            if price < low.item(sym):
-                low[sym] = price
-            notional[sym] = notional.item(sym) + price * size
-        volume, trades = c["volume"], c["trades"]
-        volume[sym] = volume.item(sym) + size
-        trades[sym] = trades.item(sym) + 1
+            if price > row[_HIGH]:
+                row[_HIGH] = price
+            if price < row[_LOW]:
+                row[_LOW] = price
+            row[_NOTIONAL] += price * size
+        row[_VOLUME] += size
+        row[_TRADES] += 1
+
+    def _write_rows(self) -> None:
+        """Write the rows back into the columns, before anything reads or folds the columns."""
+        rows = self._rows
+        if not rows:
+            return
+        idx = np.fromiter(rows, dtype=np.int64, count=len(rows))
+        values = list(zip(*rows.values(), strict=True))
+        for k, name in enumerate(_ROW):
+            self._cols[name][idx] = values[k]
+        rows.clear()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -238,6 +265,7 @@ class Coalescer:
         self._grow()
         if len(indices) <= self._few_symbols:
             return [self._snapshot(i) for i in indices]
+        self._write_rows()
         idx = np.asarray(indices, dtype=np.int64)
         c = self._cols
         cols = {name: c[name][idx] for name in c}
@@ -271,25 +299,28 @@ class Coalescer:
 
     def _snapshot(self, i: int) -> dict[str, Any]:
         """One symbol's snapshot, read element by element (cheaper than the vector path)."""
-        c = self._cols
-        trades = c["trades"].item(i)
-        volume = c["volume"].item(i)
-        bid = c["bid"].item(i)
+        row = self._rows.get(i)
+        if row is None:
+            c = self._cols
+            row = [c[name].item(i) for name in _ROW]
+        trades = row[_TRADES]
+        volume = row[_VOLUME]
+        bid = row[_BID]
         return _snapshot(
             self._symbols[i],
-            c["seq"].item(i),
-            c["ts"].item(i),
-            c["last"].item(i),
-            c["last_size"].item(i),
+            row[_SEQ],
+            row[_TS],
+            row[_LAST],
+            row[_LAST_SIZE],
             bid,
-            c["ask"].item(i),
-            c["bid_size"].item(i),
-            c["ask_size"].item(i),
-            c["open"].item(i),
-            c["high"].item(i),
-            c["low"].item(i),
+            row[_ASK],
+            row[_BID_SIZE],
+            row[_ASK_SIZE],
+            row[_OPEN],
+            row[_HIGH],
+            row[_LOW],
             volume,
-            c["notional"].item(i) / volume if volume else None,
+            row[_NOTIONAL] / volume if volume else None,
             trades,
             bid == bid,  # not NaN: quoted
             trades > 0,

@@ -81,6 +81,24 @@ def test_any_batching_gives_the_same_snapshots_as_one_tick_at_a_time(
             assert reported == set(batch["sym"].tolist())
 
 
+@settings(max_examples=200)
+@given(batched(), st.integers(0, 3))
+def test_reads_between_batches_see_the_newest_state(
+    case: tuple[np.ndarray, list[int]], few_symbols: int
+) -> None:
+    """Small batches keep their symbols' state in Python rows until a vector batch, a vector
+    read or growth writes them back: a read at any point between batches sees every tick."""
+    array, cuts = case
+    reference = Coalescer(SymbolTable(SYMBOLS))
+    coalescer = Coalescer(SymbolTable(SYMBOLS), small_batch=3, few_symbols=few_symbols)
+    for batch in np.split(array, cuts):
+        for row in batch.tolist():
+            reference.apply_one(*row)
+        changed = coalescer.apply(batch)
+        for a, b in zip(reference.snapshots(changed), coalescer.snapshots(changed), strict=True):
+            assert_same(a, b)
+
+
 @settings(max_examples=100)
 @given(batched())
 def test_reading_one_by_one_or_vectorized_gives_the_same_snapshots(
@@ -172,3 +190,13 @@ def test_unknown_symbol_index_is_rejected_without_changing_state() -> None:
     with pytest.raises(ValueError, match="unknown symbol index 1"):
         coalescer.apply(ticks.trades([0, 1], [5.0, 6.0], [1, 1], ts=1))
     assert coalescer.snapshots([0])[0]["seq"] == 0
+
+
+def test_rows_past_the_cap_are_written_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coalescer_module, "ROWS_KEPT", 1)
+    coalescer = Coalescer(SymbolTable(SYMBOLS), few_symbols=0)  # reads the columns
+    coalescer.apply(ticks.trades([0, 1, 2], [10.0, 20.0, 30.0], [1, 2, 3], ts=5))
+    assert not coalescer._rows
+    snapshots = coalescer.snapshots([0, 1, 2])
+    assert [s["last"] for s in snapshots] == [10.0, 20.0, 30.0]
+    assert [s["volume"] for s in snapshots] == [1, 2, 3]
