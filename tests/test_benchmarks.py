@@ -156,41 +156,28 @@ def test_ingest(tmp_path: Path) -> None:
     assert "batch of 1000" in result.stdout
 
 
+def _benchmark_module(module: str, *args: str) -> str:
+    """What `python -m benchmarks.<module> args...` prints; it must exit 0."""
+    command = [sys.executable, "-m", f"benchmarks.{module}", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_publish_cost_per_frame() -> None:
     """The fan-out's own cost without the kernel: a figure per batch size, and the frame
     count a callgrind run divides by is the number of subscribers the batches reach."""
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.publish", "--repeat", "1", "--batches", "200"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert "batch of 1" in result.stdout and "batch of 10" in result.stdout
-    assert "µs per frame" in result.stdout
-    counted = subprocess.run(
-        [sys.executable, "-m", "benchmarks.publish", "--count", "1", "--batches", "50"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    output = _benchmark_module("publish", "--repeat", "1", "--batches", "200")
+    assert "batch of 1" in output and "batch of 10" in output
+    assert "µs per frame" in output
+    counted = _benchmark_module("publish", "--count", "1", "--batches", "50")
     # 1,000 connections x 20 of 500 symbols: 40 subscribers per symbol on average.
-    assert 50 * 10 < int(counted.stdout) < 50 * 100
+    assert 50 * 10 < int(counted) < 50 * 100
 
 
 def test_memory_per_connection_by_package(tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "--clients", "200", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    _benchmark_module("memory", "--clients", "200", "--json", str(out))
     result = json.loads(out.read_text())
     assert result["clients"] == 200
     assert result["bytes_per_connection"] > 1_000  # a connection costs something, somewhere
