@@ -42,6 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--symbols", type=int, help="simulated symbol count (simulator.symbols)")
     serve.add_argument("--rate", type=float, help="simulated ticks per second (simulator.rate)")
     serve.add_argument(
+        "--source",
+        metavar="KIND[,KIND...]",
+        help="the source kinds to run, e.g. stdin or simulator,binance (source.kinds)",
+    )
+    serve.add_argument(
+        "--record", metavar="FILE", help="record every accepted tick as NDJSON (record.file)"
+    )
+    serve.add_argument(
+        "--replay", metavar="FILE", help="play a recorded NDJSON or CSV tick file (replay.file)"
+    )
+    serve.add_argument(
+        "--speed", type=float, help="replay speed: 1 real time, N times faster, 0 unpaced"
+    )
+    serve.add_argument("--loop", action="store_true", default=None, help="replay in a loop")
+    serve.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -83,10 +98,18 @@ def _serve_config(args: argparse.Namespace) -> Config:
         ("port", "server", "port"),
         ("symbols", "simulator", "symbols"),
         ("rate", "simulator", "rate"),
+        ("record", "record", "file"),
+        ("replay", "replay", "file"),
+        ("speed", "replay", "speed"),
+        ("loop", "replay", "loop"),
     ):
         value = getattr(args, flag)
         if value is not None:
             put(section, key, value)
+    if args.source is not None:
+        put("source", "kinds", args.source)
+    elif args.replay is not None:
+        put("source", "kinds", "replay")
     path = args.config
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
@@ -107,9 +130,10 @@ async def serve(config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then close every client with 1001 and stop cleanly."""
     from aiohttp import web
 
-    from feed.server import HUB, MARKET, SOURCE, create_app
+    from feed.server import NODE, create_app
 
     app = create_app(config)
+    node = app[NODE]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
@@ -125,20 +149,9 @@ async def serve(config: Config) -> None:
         log.info(
             "listening on ws://%s:%d/ws (HTTP: /symbols /snapshot /healthz /stats)", host, port
         )
-    sim = config.simulator
-    symbols = app[MARKET].symbols
-    preview = ", ".join(list(symbols)[:5]) + (", ..." if len(symbols) > 5 else "")
-    log.info(
-        "source: %s, %d symbols (%s), %g ticks/s%s, seed %d",
-        type(app[SOURCE]).__name__,
-        len(symbols),
-        preview,
-        sim.rate,
-        "" if sim.paced else " unpaced",
-        sim.seed,
-    )
+    log.info("source: %s", "; ".join(source.describe() for source in node.pipeline.sources))
     await stop.wait()
-    log.info("shutting down: closing %d connection(s)", len(app[HUB].connections))
+    log.info("shutting down: closing %d connection(s)", len(node.hub.connections))
     await runner.cleanup()
     log.info("stopped")
 

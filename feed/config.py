@@ -47,33 +47,49 @@ def _key(default: Any, check: Check | None = None) -> Any:
     return field(default=default, metadata={"check": check})
 
 
+# The checks and the key helper, for the config sections that source kinds declare.
+key = _key
+positive = _positive
+non_negative = _non_negative
+fraction = _fraction
+at_least_one = _at_least_one
+one_of = _one_of
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = _key("127.0.0.1")
     port: int = _key(8080, _port)
 
 
+def _known_kinds(value: Any) -> str | None:
+    from feed.sources import registry
+
+    if not value:
+        return "must name at least one source kind"
+    unknown = [kind for kind in value if kind not in registry.KINDS]
+    if unknown:
+        return f"names unknown source kind(s) {', '.join(unknown)} (known: {registry.names()})"
+    if len(set(value)) != len(value):
+        return "names a source kind twice"
+    return None
+
+
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: str = _key("simulator", _one_of("simulator"))
+    kinds: tuple[str, ...] = _key(("simulator",), _known_kinds)
 
 
 @dataclass(frozen=True)
-class SimulatorConfig:
-    symbols: int = _key(100, _at_least_one)
-    rate: float = _key(2000.0, _positive)
-    seed: int = _key(42, _non_negative)
-    step: float = _key(0.001, _positive)
-    trade_ratio: float = _key(0.3, _fraction)
-    burst_factor: float = _key(1.0, _positive)
-    burst_every: float = _key(5.0, _positive)
-    burst_length: float = _key(1.0, _non_negative)
-    paced: bool = _key(True)
+class RecordConfig:
+    file: str = _key("")
+    flush_interval: float = _key(1.0, _positive)
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     max_connections: int = _key(10_000, _at_least_one)
+    max_symbols: int = _key(100_000, _at_least_one)
     max_message_size: int = _key(4096, _at_least_one)
     max_symbols_per_connection: int = _key(1000, _at_least_one)
     control_rate: float = _key(20.0, _positive)
@@ -96,14 +112,31 @@ class LogConfig:
     level: str = _key("info", _one_of("debug", "info", "warning", "error"))
 
 
+def _default_kind_sections() -> dict[str, Any]:
+    from feed.sources import registry
+
+    return {name: kind.settings() for name, kind in registry.KINDS.items()}
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
-    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    kinds: dict[str, Any] = field(default_factory=_default_kind_sections)
+    """One section per registered source kind (`[simulator]`, `[replay]`, ...), by kind name:
+    declared by the kind (`feed.sources.registry`), not here."""
+
+    def section(self, kind: str) -> Any:
+        """The config section of source kind `kind`."""
+        return self.kinds[kind]
+
+    @property
+    def simulator(self) -> Any:
+        return self.kinds["simulator"]
 
 
 class ConfigError(ValueError):
@@ -111,10 +144,21 @@ class ConfigError(ValueError):
 
 
 def _section_types() -> dict[str, type[Any]]:
-    return {name: hint for name, hint in get_type_hints(Config).items()}
+    from feed.sources import registry
+
+    types = {name: hint for name, hint in get_type_hints(Config).items() if name != "kinds"}
+    for name, kind in registry.KINDS.items():
+        types.setdefault(name, kind.settings)
+    return types
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES: dict[Any, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    tuple[str, ...]: "a list of strings",
+}
 
 
 def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
@@ -126,6 +170,11 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
         return value
     if kind in (bool, str) and isinstance(value, kind):
         return value
+    if kind == tuple[str, ...]:
+        if isinstance(value, str):  # `--set source.kinds=stdin`: one name is a list of one
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return tuple(value)
     raise ConfigError(f"config key '{key}' must be {_TYPE_NAMES[kind]}, got {value!r}")
 
 
@@ -157,7 +206,10 @@ def build(values: Mapping[str, Any]) -> Config:
                 raise ConfigError(f"config key '{full}' {problem}, got {raw!r}")
             kwargs[key] = value
         sections[section_name] = cls(**kwargs)
-    return Config(**sections)
+    fixed = {name for name in get_type_hints(Config) if name != "kinds"}
+    kinds = _default_kind_sections()
+    kinds.update({name: value for name, value in sections.items() if name not in fixed})
+    return Config(**{name: value for name, value in sections.items() if name in fixed}, kinds=kinds)
 
 
 def parse_override(assignment: str) -> tuple[str, str, Any]:
@@ -198,4 +250,15 @@ def load(
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    return dataclasses.asdict(config)
+    """Every section by name, as config.toml spells it (lists, not tuples)."""
+    result: dict[str, dict[str, Any]] = {}
+    for item in dataclasses.fields(config):
+        if item.name != "kinds":
+            result[item.name] = _plain(dataclasses.asdict(getattr(config, item.name)))
+    for name, section in config.kinds.items():
+        result[name] = _plain(dataclasses.asdict(section))
+    return result
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}

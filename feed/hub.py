@@ -48,6 +48,8 @@ class Hub:
         self._clock = clock
         self.registry: SubscriptionRegistry[Connection] = SubscriptionRegistry()
         self.connections: dict[int, Connection] = {}
+        self.stale: dict[int, str] = {}
+        """Symbols whose source went quiet or away, and why (what `status` said last)."""
         self._stalled: set[Connection] = set()
         """Connections with pending snapshots whose sockets were full at the last try."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,6 +185,16 @@ class Hub:
             for sym in syms:
                 conn.mailbox.put(sym)
             self._stalled.add(conn)
+        if self.stale:
+            stale = self.stale
+            by_reason: dict[str, list[str]] = {}
+            names = self.market.symbols
+            for sym in syms:
+                reason = stale.get(sym)
+                if reason is not None:
+                    by_reason.setdefault(reason, []).append(names[sym])
+            for reason, stale_names in by_reason.items():
+                conn.send(protocol.status("stale", stale_names, reason), now)
 
     def _unsubscribe(self, conn: Connection, request: Unsubscribe, now: float) -> None:
         syms = self._resolve(request.symbols, request.id)
@@ -212,6 +224,28 @@ class Hub:
             dirty.update(dict.fromkeys(self._stalled))
         market = self.market
         self._stalled = {conn for conn in dirty if not conn.flush(now, market)}
+
+    def status(self, state: str, syms: list[int], reason: str | None) -> None:
+        """Tell each subscriber of `syms` that those it holds turned `stale` or `live`. What
+        is pending for them is flushed first (if the socket takes it), so the status follows
+        the data it speaks of."""
+        if state == "stale":
+            self.stale.update(dict.fromkeys(syms, reason or "stale"))
+        else:
+            for sym in syms:
+                self.stale.pop(sym, None)
+        held: dict[Connection, list[int]] = {}
+        subscribers = self.registry.subscribers
+        for sym in syms:
+            for conn in subscribers(sym):
+                held.setdefault(conn, []).append(sym)
+        if not held:
+            return
+        now, market, names = self._clock(), self.market, self.market.symbols
+        for conn, mine in held.items():
+            if conn.mailbox and not conn.flush(now, market):
+                self._stalled.add(conn)
+            conn.send(protocol.status(state, [names[sym] for sym in mine], reason), now)
 
     def retry_stalled(self) -> None:
         if self._stalled:

@@ -168,6 +168,14 @@ def error(code: ErrorCode, message: str, request_id: RequestId = None) -> bytes:
     )
 
 
+def status(state: str, symbols: list[str], reason: str | None = None) -> bytes:
+    """`stale` (with why) or `live` again, for the symbols a connection holds."""
+    message: dict[str, Any] = {"type": "status", "state": state, "symbols": symbols}
+    if reason is not None:
+        message["reason"] = reason
+    return orjson.dumps(message)
+
+
 def heartbeat(ts: int) -> bytes:
     return b'{"type":"heartbeat","ts":%d}' % ts
 

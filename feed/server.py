@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -21,53 +21,83 @@ from feed.hub import Hub
 from feed.market import Market
 from feed.pipeline import Pipeline
 from feed.protocol import CloseCode
-from feed.source import Source
+from feed.recorder import Recorder
+from feed.source import BatchStream
+from feed.sources import Source, registry
+from feed.sources.stream import StreamSource
 
 log = logging.getLogger(__name__)
 
+
+
+@dataclasses.dataclass
+class Node:
+    """The parts of one feed process and the role of each (the composition root)."""
+
+    config: Config
+    """Every setting, validated at start-up."""
+    market: Market
+    """The folded state of every symbol and its encoded snapshot: what all readers read."""
+    hub: Hub
+    """Connections, subscriptions and the fan-out: the pipeline's sink in this process."""
+    pipeline: Pipeline
+    """The sources, who owns which symbol, what is stale: ticks in, snapshots to the sink."""
+    recorder: Recorder | None = None
+    """Writes every accepted tick to `record.file`, when set."""
+
+
+NODE = web.AppKey("node", Node)
 CONFIG = web.AppKey("config", Config)
 MARKET = web.AppKey("market", Market)
 HUB = web.AppKey("hub", Hub)
-SOURCE = web.AppKey("source", Source)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 
 
-def make_source(config: Config) -> Source:
-    """The source named by `source.kind`, built from its section of the config."""
-    from simulators import SimulatorSettings, TickSimulator
-
-    sim = config.simulator
-    return TickSimulator(
-        SimulatorSettings(
-            symbols=sim.symbols,
-            rate=sim.rate,
-            seed=sim.seed,
-            step=sim.step,
-            trade_ratio=sim.trade_ratio,
-            burst_factor=sim.burst_factor,
-            burst_every=sim.burst_every,
-            burst_length=sim.burst_length,
-            paced=sim.paced,
-        )
-    )
+def make_sources(config: Config) -> list[Source]:
+    """The sources the config asks for (`source.kinds`, and the kinds that enable themselves)."""
+    return registry.create_all(config)
 
 
-def create_app(config: Config, source: Source | None = None) -> web.Application:
-    """The feed as an aiohttp application; `source` defaults to the one the config names."""
+def _as_source(source: Source | BatchStream) -> Source:
+    if isinstance(source, Source):
+        return source
+    return StreamSource(source, kind=getattr(source, "kind", type(source).__name__.lower()))
+
+
+def create_app(
+    config: Config, source: Source | BatchStream | Sequence[Source | BatchStream] | None = None
+) -> web.Application:
+    """The feed as an aiohttp application; `source` (one, or several) defaults to those the
+    config names."""
     app = web.Application()
-    source = source if source is not None else make_source(config)
-    market = Market(source.symbols)
+    if source is None:
+        sources = make_sources(config)
+    elif isinstance(source, Sequence):
+        sources = [_as_source(item) for item in source]
+    else:
+        sources = [_as_source(source)]
+    market = Market()
     hub = Hub(market, config.limits, config.websocket)
+    pipeline = Pipeline(sources, market, hub, max_symbols=config.limits.max_symbols)
+    recorder = None
+    if config.record.file:
+        recorder = Recorder(config.record.file, market.symbols, config.record.flush_interval)
+        pipeline.taps.append(recorder.write)
+    node = Node(config, market, hub, pipeline, recorder)
+    app[NODE] = node
     app[CONFIG] = config
-    app[SOURCE] = source
     app[MARKET] = market
     app[HUB] = hub
-    app[PIPELINE] = Pipeline(source, market, hub)
+    app[PIPELINE] = pipeline
     app.router.add_get("/ws", websocket)
     app.router.add_get("/symbols", symbols)
     app.router.add_get("/snapshot", snapshot)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
+    for item in sources:
+        routes = getattr(item, "routes", None)
+        if callable(routes):
+            app.router.add_routes(routes())
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_close_connections)
     return app
@@ -75,16 +105,23 @@ def create_app(config: Config, source: Source | None = None) -> web.Application:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Run the pipeline and the hub's sweeper for the application's lifetime."""
+    node = app[NODE]
+    if node.recorder is not None:
+        node.recorder.open()
     tasks = [
-        asyncio.create_task(app[PIPELINE].run(), name="feed-pipeline"),
-        asyncio.create_task(app[HUB].run_sweeper(), name="feed-sweeper"),
+        asyncio.create_task(node.pipeline.run(), name="feed-pipeline"),
+        asyncio.create_task(node.hub.run_sweeper(), name="feed-sweeper"),
     ]
+    if node.recorder is not None:
+        tasks.append(asyncio.create_task(node.recorder.run(), name="feed-recorder"))
     yield
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if node.recorder is not None:
+        node.recorder.close()
 
 
 async def _close_connections(app: web.Application) -> None:
@@ -165,19 +202,29 @@ async def snapshot(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the pipeline runs (or its source ended cleanly), 503 if it failed."""
-    pipeline = request.app[PIPELINE]
-    healthy = pipeline.state != "failed"
+    """200 while no source has failed (an ended source still serves its last state), 503 once
+    one has; each source with its state, and how many symbols are stale."""
+    node = request.app[NODE]
+    pipeline = node.pipeline
+    healthy = not pipeline.failed
     return _json(
         {
             "status": "ok" if healthy else "failed",
             "pipeline": pipeline.state,
-            "symbols": len(request.app[MARKET].symbols),
-            "connections": len(request.app[HUB].connections),
-            "ticks": request.app[MARKET].ticks,
+            "symbols": len(node.market.symbols),
+            "stale_symbols": len(pipeline.stale_symbols),
+            "connections": len(node.hub.connections),
+            "ticks": node.market.ticks,
+            "sources": [
+                {key: status[key] for key in _HEALTH_KEYS}
+                for status in pipeline.source_status()
+            ],
         },
         200 if healthy else 503,
     )
+
+
+_HEALTH_KEYS = ("name", "kind", "state", "reason", "ticks_in", "ticks_rejected", "last_tick_ns")
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -194,10 +241,9 @@ async def stats(request: web.Request) -> web.Response:
         "pipeline": {
             "state": app[PIPELINE].state,
             "rejected_batches": app[PIPELINE].rejected_batches,
+            "stale_symbols": len(app[PIPELINE].stale_symbols),
         },
+        "sources": app[PIPELINE].source_status(),
         "hub": app[HUB].stats(per_connection=request.query.get("connections") == "1"),
     }
-    source_stats = getattr(app[SOURCE], "stats", None)
-    if callable(source_stats):
-        body["source"] = dataclasses.asdict(source_stats())
     return _json(body)

@@ -1,7 +1,8 @@
-"""Where ticks come from: the one interface every ingest path implements.
+"""A stream of tick batches: the simplest way to feed the market from code.
 
-The pipeline does not care which source feeds it. The simulator implements it today; file replay,
-producers pushing over a WebSocket, exchange adapters and the NATS bus implement it next.
+Anything with `symbols` and `stream()` (the simulator, a `PushSource`) becomes a full source
+(`feed.sources.base.Source`) through `feed.sources.stream.StreamSource`, which claims its symbols
+and maps its indices to the market's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 
-class Source(Protocol):
+class BatchStream(Protocol):
     """A stream of tick batches (arrays of `feed.ticks.TICK_DTYPE`).
 
     Guarantees a source gives the pipeline:
@@ -38,6 +39,8 @@ class PushSource:
     For embedding the feed in a program that already has its ticks, and the base that the
     producer ingest path builds on. Batches are delivered in push order; `end()` ends the stream.
     """
+
+    kind = "push"
 
     def __init__(self, symbols: Sequence[str]) -> None:
         self._symbols = list(symbols)

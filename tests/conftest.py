@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feed import config, ticks
 from feed.server import create_app
-from feed.source import PushSource, Source
+from feed.source import BatchStream, PushSource
+from feed.sources import Source
 from tests.wsclient import RawClient
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN"]
@@ -57,7 +58,9 @@ def start_feed(
     aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
 ) -> StartFeed:
     async def start(
-        symbols: list[str] | None = None, source: Source | None = None, **sections: dict[str, Any]
+        symbols: list[str] | None = None,
+        source: Source | BatchStream | None = None,
+        **sections: dict[str, Any],
     ) -> Feed:
         """A feed on a free port, fed by `source` or else by a PushSource of `symbols`."""
         push = PushSource(symbols or SYMBOLS)

@@ -47,13 +47,18 @@ async def test_healthz_and_stats(start_feed: StartFeed) -> None:
     async with feed.client.get("/healthz") as response:
         assert response.status == 200
         health = await response.json()
+    (source,) = health.pop("sources")
     assert health == {
         "status": "ok",
         "pipeline": "running",
         "symbols": len(SYMBOLS),
+        "stale_symbols": 0,
         "connections": 1,
         "ticks": 1,
     }
+    assert source["kind"] == "push" and source["state"] == "live"
+    assert source["ticks_in"] == 1 and source["ticks_rejected"] == 0
+    assert source["last_tick_ns"] > 0
     async with feed.client.get("/stats?connections=1") as response:
         stats = await response.json()
     assert stats["market"]["ticks"] == 1

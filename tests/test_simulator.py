@@ -18,7 +18,7 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feed.source import Source
+from feed.source import BatchStream
 from feed.ticks import QUOTE, TRADE
 from simulators import (
     DEFAULT_TICKERS,
@@ -161,7 +161,7 @@ def test_generated_symbol_is_a_bijection_across_lengths() -> None:
 
 
 def test_simulator_is_a_source() -> None:
-    source: Source = TickSimulator()
+    source: BatchStream = TickSimulator()
     assert len(source.symbols) == 100
 
 
