@@ -27,6 +27,10 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from feed.tickparse import SymbolRejected
+
+__all__ = ["BaseSource", "Ingest", "Source", "SourceState", "SymbolRejected"]
+
 log = logging.getLogger(__name__)
 
 
@@ -46,11 +50,6 @@ class SourceState(enum.StrEnum):
 
 
 STALE_STATES = frozenset({SourceState.RECONNECTING, SourceState.STALE, SourceState.FAILED})
-
-
-class SymbolRejected(Exception):
-    """A source may not tick this symbol (another source owns it, or the market is full); the
-    message says why, for the producer."""
 
 
 class Ingest(Protocol):
