@@ -1,4 +1,5 @@
-"""The command line: `feed serve` runs the feed, `feed simulate` prints simulated ticks.
+"""The command line: `feed serve` runs the feed, `feed simulate` prints simulated ticks,
+`feed publish` sends ticks from stdin to a feed's producer endpoint.
 
 Every config key can be set from here: the common ones have their own flags, any other goes
 through `--set section.key=value`.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from feed import config as config_module
+from feed import publish
 from feed.config import Config, ConfigError
 
 log = logging.getLogger("feed")
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--burst-every", type=float, default=5.0, help="seconds (5)")
     simulate.add_argument("--burst-length", type=float, default=1.0, help="seconds (1)")
+    publish.add_parser(commands)
     return parser
 
 
@@ -193,7 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.Formatter.converter = time.gmtime
-        _run(serve(config))
+        try:
+            _run(serve(config))
+        except ConfigError as exc:  # a value only wrong in context, found building the sources
+            print(f"feed: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "simulate":
         try:
@@ -205,4 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 sys.stdout.close()
         return 0
+    if args.command == "publish":
+        return publish.main(args)
     return 2

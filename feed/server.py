@@ -125,7 +125,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_connections(app: web.Application) -> None:
-    await app[HUB].close_all(CloseCode.GOING_AWAY, "server shutting down")
+    """Close every subscriber, and every source's own connections (producers), with 1001."""
+    closing = [app[HUB].close_all(CloseCode.GOING_AWAY, "server shutting down")]
+    for source in app[PIPELINE].sources:
+        shutdown = getattr(source, "shutdown", None)  # a source with connections of its own
+        if callable(shutdown):
+            closing.append(shutdown(CloseCode.GOING_AWAY, "server shutting down"))
+    await asyncio.gather(*closing)
 
 
 def _json(body: object, status: int = 200) -> web.Response:

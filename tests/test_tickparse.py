@@ -18,6 +18,8 @@ from feed.tickparse import (
     Parsed,
     Reject,
     SymbolRejected,
+    encode_binary,
+    parse_binary,
     parse_columnar,
     parse_lines,
     parse_message,
@@ -758,3 +760,70 @@ def test_any_bytes_either_parse_or_raise_a_message_error(data: bytes) -> None:
         assert parsed.batch.dtype == TICK_DTYPE
         assert all(isinstance(r.reason, str) and r.reason for r in parsed.rejects)
         assert [r.index for r in parsed.rejects] == sorted({r.index for r in parsed.rejects})
+
+
+# -- the binary batch -------------------------------------------------------------------------
+
+
+@given(st.booleans().flatmap(lambda ts: st.lists(good_ticks(ts=ts), max_size=40)))
+def test_the_binary_and_the_array_form_of_the_same_ticks_give_the_same_batch(
+    ticks: list[dict[str, Any]],
+) -> None:
+    array = parse_message(orjson.dumps(ticks), Market(NAMES), NOW)
+    with_ts = all("ts" in t for t in ticks)
+    binary = parse_binary(encode_binary(array.batch, NAMES, 5, with_ts=with_ts), Market(NAMES), NOW)
+    assert binary.rejects == []
+    assert binary.form == "binary" and binary.id == 5
+    assert same(array.batch, binary.batch)
+
+
+def test_a_bad_cell_of_a_binary_batch_is_named_like_in_a_json_batch() -> None:
+    good = parse_message(orjson.dumps([TRADE_TICK, QUOTE_TICK, TRADE_TICK]), Market(), NOW).batch
+    broken = good.copy()
+    broken["price"][2] = -1.0
+    broken["bid"][1] = 500.0  # crossed
+    parsed = parse_binary(encode_binary(broken, ["AAPL", "MSFT"]), Market(), NOW)
+    assert len(parsed.batch) == 1
+    assert [(r.index, r.field) for r in parsed.rejects] == [(1, "bid"), (2, "price")]
+    assert "crossed quote: bid 500.0 is above ask 402.51" in parsed.rejects[0].reason
+    assert "'price' must be positive, got -1.0" in parsed.rejects[1].reason
+
+
+def framed(header: bytes, body: bytes = b"") -> bytes:
+    return len(header).to_bytes(4, "little") + header + body
+
+
+@pytest.mark.parametrize(
+    ("data", "word"),
+    [
+        (b"", "4-byte length"),
+        (b"\xff\x00\x00\x00{}", "longer than the message"),
+        (b"\x02\x00\x00\x00{x", "not valid JSON"),
+        (b'\x0f\x00\x00\x00{"type":"tick"}', '"type":"batch"'),
+        (framed(b'{"type":"batch","symbols":[],"n":1,"columns":["kind","sym"]}'), "in that order"),
+        (
+            framed(b'{"type":"batch","symbols":[],"n":1,"columns":["sym","kind"]}'),
+            "is 69 bytes, got 64",
+        ),
+        (framed(b'{"type":"batch","symbols":[],"n":-1,"columns":["sym","kind"]}'), "'n' must"),
+        (framed(b'{"type":"batch","symbols":[],"n":0,"columns":[],"x":1}'), "unknown key 'x'"),
+    ],
+)
+def test_a_binary_batch_of_the_wrong_shape_is_a_message_error(data: bytes, word: str) -> None:
+    with pytest.raises(MessageError, match=re.escape(word)):
+        parse_binary(data, Market(), NOW)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=120), st.integers(0, 200))
+def test_any_binary_either_parses_or_raises_a_message_error(noise: bytes, cut: int) -> None:
+    ticks = [TRADE_TICK, QUOTE_TICK]
+    batch = parse_message(orjson.dumps(ticks), Market(), NOW).batch
+    valid = encode_binary(batch, ["AAPL", "MSFT"], 1)
+    for data in (noise, valid[:cut] + noise, valid[: len(valid) - 8] + noise[:8].ljust(8, b"\0")):
+        try:
+            parsed = parse_binary(data, Market(), NOW)
+        except MessageError as exc:
+            assert str(exc)
+        else:
+            assert parsed.batch.dtype == TICK_DTYPE
