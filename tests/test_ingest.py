@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +28,7 @@ from hypothesis import strategies as st
 
 from feed import config, ticks
 from feed.config import ConfigError
+from feed.server import NODE
 from feed.source import PushSource
 from feed.sources import ingest as ingest_kind
 from feed.sources import registry
@@ -657,3 +662,84 @@ def test_the_socket_benchmark_runs_in_a_tiny_configuration(tmp_path: Path) -> No
     for row in report["rows"]:
         assert row["ticks_per_s"] > 0 and row["server_cpu"] >= 0
     assert "ticks/s" in result.stdout
+
+
+async def test_the_token_is_never_logged(
+    start_feed: StartFeed, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    ingested = await start(start_feed)
+    good = await ingested.producer()
+    await good.send_str(orjson.dumps({"type": "ticks", "id": 1, "ticks": [trade("LOGT")]}).decode())
+    assert (await answer(good))["accepted"] == 1
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await ingested.producer(token="wrong-" + TOKEN)
+    await good.close()
+    assert caplog.records  # the feed did log: connections, states
+    assert TOKEN not in caplog.text
+
+
+async def test_a_producer_faster_than_the_feed_is_held_back_by_its_own_socket(
+    start_feed: StartFeed,
+) -> None:
+    """Backpressure, not buffering: while the feed folds slowly (a tap that takes 20 ms a
+    batch), a producer writing as fast as its socket allows gets only a bounded amount ahead:
+    the kernel's buffers and aiohttp's frame queue, not the 64 MB it tries to send."""
+    ingested = await start(start_feed)
+    folded = 0
+
+    def slow_tap(batch: np.ndarray) -> None:
+        nonlocal folded
+        folded += 1
+        time.sleep(0.02)  # the feed folding slowly: this blocks the server's event loop
+
+    ingested.feed.app[NODE].pipeline.taps.append(slow_tap)
+    message = orjson.dumps([trade("BP", 10.0, 1)] * 2000)  # ~150 KB
+    frame = _masked_frame(message)
+    assert ingested.feed.server.port is not None
+    sock = socket.create_connection(("127.0.0.1", ingested.feed.server.port))
+    sock.sendall(
+        (
+            "GET /ingest HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n"
+        ).encode()
+    )
+    sent = 0
+    stop = threading.Event()
+
+    def flood() -> None:
+        nonlocal sent
+        sock.settimeout(0.5)
+        while not stop.is_set() and sent < 64 * 2**20:
+            try:
+                sent += sock.send(frame)
+            except TimeoutError:
+                continue  # the feed is not reading: our socket is full
+            except OSError:
+                return
+
+    writer = threading.Thread(target=flood, daemon=True)
+    writer.start()
+    await until(lambda: asyncio.sleep(0, folded >= 20), timeout=30)
+    ahead = sent - folded * len(frame)
+    stop.set()
+    await asyncio.to_thread(writer.join, 5)
+    sock.close()
+    assert sent < 64 * 2**20  # it could not send it all
+    assert ahead < 24 * 2**20, f"{ahead} bytes accepted ahead of the fold"
+
+
+def _masked_frame(payload: bytes) -> bytes:
+    """A client's masked text frame (RFC 6455), for a producer on a bare socket."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, 0x80 | n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    data = np.frombuffer(payload, dtype=np.uint8)
+    key = np.resize(np.frombuffer(mask, dtype=np.uint8), n)
+    return header + mask + (data ^ key).tobytes()
