@@ -27,7 +27,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -211,53 +211,73 @@ def interner(source: BaseSource) -> Intern:
 # -- reading standard input -------------------------------------------------------------------
 
 
+OnData = Callable[[bytes], None]
+
+
 class _Input(Protocol):
-    async def read(self) -> bytes:
-        """The next bytes that arrived (at most READ_CHUNK); b"" at the end of input."""
+    async def pump(self, on_data: OnData) -> None:
+        """Call `on_data` with each chunk read, in order, until the end of input."""
         ...
 
-    def close(self) -> None: ...
+
+class _PipeProtocol(asyncio.Protocol):
+    """Hands each chunk to the source as the event loop reads it: folded and fanned out in the
+    same callback, with no task to wake in between. While a chunk is being folded the loop
+    reads nothing more, so a producer faster than the fold fills the pipe and waits."""
+
+    def __init__(self, on_data: OnData, done: asyncio.Future[None]) -> None:
+        self._on_data = on_data
+        self._done = done
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            self._on_data(data)
+        except Exception as exc:  # the source fails; the feed serves its last state
+            self._done.set_exception(exc)
+            if self._transport is not None:
+                self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            if exc is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(exc)
 
 
 class _PipeInput:
     """A pipe or socket, watched by the event loop (`connect_read_pipe` on a duplicate of the
     descriptor, so that closing it leaves the process's standard input alone)."""
 
-    def __init__(
-        self,
-        fd: int,
-        reader: asyncio.StreamReader,
-        transport: asyncio.BaseTransport,
-        blocking: bool,
-    ) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._reader = reader
-        self._transport = transport
-        self._blocking = blocking
 
-    @classmethod
-    async def open(cls, fd: int) -> _PipeInput:
+    async def pump(self, on_data: OnData) -> None:
         loop = asyncio.get_running_loop()
-        blocking = os.get_blocking(fd)
-        pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
-        reader = asyncio.StreamReader(limit=READ_CHUNK)
+        blocking = os.get_blocking(self._fd)
+        pipe = os.fdopen(os.dup(self._fd), "rb", buffering=0)
+        done: asyncio.Future[None] = loop.create_future()
         try:
-            transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), pipe
-            )
+            transport, _ = await loop.connect_read_pipe(lambda: _PipeProtocol(on_data, done), pipe)
         except BaseException:
             pipe.close()
             raise
-        return cls(fd, reader, transport, blocking)
-
-    async def read(self) -> bytes:
-        return await self._reader.read(READ_CHUNK)
-
-    def close(self) -> None:
-        self._transport.close()
-        # The transport made the (shared) open file non-blocking; give it back as it was.
-        with contextlib.suppress(OSError):
-            os.set_blocking(self._fd, self._blocking)
+        try:
+            await done
+        finally:
+            transport.close()
+            # The transport made the (shared) open file non-blocking; give it back as it was.
+            with contextlib.suppress(OSError):
+                os.set_blocking(self._fd, blocking)
 
 
 class _ThreadInput:
@@ -290,16 +310,19 @@ class _ThreadInput:
             if not data or isinstance(data, OSError):
                 return
 
-    async def read(self) -> bytes:
-        data = await self._queue.get()
-        self._slots.release()
-        if isinstance(data, OSError):
-            raise data
-        return data
-
-    def close(self) -> None:
-        self._closed = True
-        self._slots.release()
+    async def pump(self, on_data: OnData) -> None:
+        try:
+            while True:
+                data = await self._queue.get()
+                self._slots.release()
+                if isinstance(data, OSError):
+                    raise data
+                if not data:
+                    return
+                on_data(data)
+        finally:
+            self._closed = True
+            self._slots.release()
 
 
 async def open_input(fd: int) -> _Input | None:
@@ -312,7 +335,7 @@ async def open_input(fd: int) -> _Input | None:
     except OSError:
         return None
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return await _PipeInput.open(fd)
+        return _PipeInput(fd)
     return _ThreadInput(fd)
 
 
@@ -341,16 +364,17 @@ class StdinSource(BaseSource):
             return
         intern = interner(self)
         splitter = LineSplitter(self.settings.max_line)
+
+        def on_data(data: bytes) -> None:
+            self.heard()
+            self._fold(splitter.feed(data), intern)
+
         try:
-            while data := await source.read():
-                self.heard()
-                self._fold(splitter.feed(data), intern)
-                await asyncio.sleep(0)  # let the fan-out write before the next chunk
+            await source.pump(on_data)
             last = splitter.finish()
             if last is not None:
                 self._fold(Lines([last[0]], last[1], []), intern)
         finally:
-            source.close()
             self.rejects.flush()
         self.set_state(SourceState.ENDED, "end of input")
 
