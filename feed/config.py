@@ -108,6 +108,12 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True)
+class GcConfig:
+    freeze: bool = _key(False)
+    settle: float = _key(2.0, _positive)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = _key("info", _one_of("debug", "info", "warning", "error"))
 
@@ -125,6 +131,7 @@ class Config:
     record: RecordConfig = field(default_factory=RecordConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
     log: LogConfig = field(default_factory=LogConfig)
     kinds: dict[str, Any] = field(default_factory=_default_kind_sections)
     """One section per registered source kind (`[simulator]`, `[replay]`, ...), by kind name:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -17,6 +18,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from feed.config import Config
+from feed.gcwatch import GcWatch
 from feed.hub import Hub
 from feed.market import Market
 from feed.pipeline import Pipeline
@@ -44,6 +46,8 @@ class Node:
     """The sources, who owns which symbol, what is stale: ticks in, snapshots to the sink."""
     recorder: Recorder | None = None
     """Writes every accepted tick to `record.file`, when set."""
+    gc: GcWatch = dataclasses.field(default_factory=GcWatch)
+    """Times the cyclic collector's pauses (and freezes what is long-lived, `gc.freeze`)."""
 
 
 NODE = web.AppKey("node", Node)
@@ -114,7 +118,20 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     ]
     if node.recorder is not None:
         tasks.append(asyncio.create_task(node.recorder.run(), name="feed-recorder"))
+    node.gc.install()
+    if node.config.gc.freeze:
+        counters = node.hub.counters
+
+        def connections() -> tuple[int, int]:
+            return counters["accepted"], counters["accepted"] - len(node.hub.connections)
+
+        tasks.append(
+            asyncio.create_task(node.gc.tend(connections, node.config.gc.settle), name="feed-gc")
+        )
     yield
+    node.gc.uninstall()
+    if node.config.gc.freeze:
+        gc.unfreeze()  # an embedding program (a test) goes on with its collector as it was
     for task in tasks:
         task.cancel()
     for task in tasks:
@@ -250,6 +267,7 @@ async def stats(request: web.Request) -> web.Response:
             "stale_symbols": len(app[PIPELINE].stale_symbols),
         },
         "sources": app[PIPELINE].source_status(),
+        "gc": app[NODE].gc.stats(),
         "hub": app[HUB].stats(per_connection=request.query.get("connections") == "1"),
     }
     return _json(body)
