@@ -67,7 +67,16 @@ def _parser() -> argparse.ArgumentParser:
         help="override any config key (repeatable), e.g. --set limits.max_connections=500",
     )
 
-    simulate = commands.add_parser("simulate", help="write simulated ticks to stdout as NDJSON")
+    simulate = commands.add_parser(
+        "simulate",
+        help="write simulated ticks to stdout as NDJSON",
+        description="Write simulated ticks to stdout as NDJSON, one batch per step of market "
+        "time, written and flushed at once. Each batch's `ts` is the wall clock right before it "
+        "is formatted and written: a reader's latency counts from the moment a tick left here. "
+        "Apart from `ts` the output is the same for the same flags. On SIGUSR1 one JSON line "
+        "goes to stderr: ticks written so far, seconds since the stream began, the rate asked "
+        "for and how far the paced schedule lags.",
+    )
     simulate.add_argument("--symbols", type=int, default=10, help="symbol count (default 10)")
     simulate.add_argument("--rate", type=float, default=100.0, help="ticks per second (100)")
     simulate.add_argument("--seed", type=int, default=42, help="random seed (42)")
@@ -84,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--burst-every", type=float, default=5.0, help="seconds (5)")
     simulate.add_argument("--burst-length", type=float, default=1.0, help="seconds (1)")
+    simulate.add_argument(
+        "--prime",
+        action="store_true",
+        help="first write, at once, the market from its start until every symbol has ticked, "
+        "grouped by symbol in symbol order (like an opening snapshot: a reader knows every "
+        "symbol, in order, before the stream); a JSON line on stderr says how many ticks",
+    )
     publish.add_parser(commands)
     return parser
 
@@ -159,7 +175,13 @@ async def serve(config: Config) -> None:
     log.info("stopped")
 
 
+PRIME_MOST = 1_000_000
+"""Ticks `feed simulate --prime` writes at most before the stream, every symbol seen or not."""
+
+
 async def simulate(args: argparse.Namespace) -> None:
+    """Write the market to stdout, each batch stamped with `time.time_ns()` right before it is
+    formatted and written; on SIGUSR1, a JSON line of what was written on stderr."""
     from feed.ticks import to_ndjson
     from simulators import SimulatorSettings, TickSimulator
 
@@ -178,9 +200,67 @@ async def simulate(args: argparse.Namespace) -> None:
         )
     )
     out = sys.stdout.buffer
+    written = [0]
+
+    def report() -> None:
+        stats = sim.stats()
+        line = {
+            "ticks": written[0],
+            "seconds": stats.wall_seconds,
+            "requested_rate": stats.requested_rate,
+            "behind": stats.behind,
+        }
+        _say(line)
+
+    # A plain handler, not the loop's: it also runs while a write blocks on a full pipe (the
+    # write is interrupted, the handler runs, the write resumes), which is when it matters.
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: report())
+    if args.prime:
+        opening, seen = _opening(sim, PRIME_MOST)
+        opening["ts"] = time.time_ns()
+        out.write(to_ndjson(opening, sim.symbols))
+        out.flush()
+        _say({"primed": len(opening), "symbols": seen, "of": len(sim.symbols)})
     async for batch in sim.stream():
+        batch["ts"] = time.time_ns()
         out.write(to_ndjson(batch, sim.symbols))
         out.flush()
+        written[0] += len(batch)
+
+
+def _say(line: dict[str, Any]) -> None:
+    import orjson
+
+    sys.stderr.buffer.write(orjson.dumps(line) + b"\n")
+    sys.stderr.flush()
+
+
+def _opening(sim: Any, most: int) -> tuple[Any, int]:
+    """The market from its start (`sim.next_batch()` steps) until every symbol has ticked, or
+    `most` ticks, sorted by symbol keeping each symbol's ticks in order (the fold of each
+    symbol is unchanged and the symbols first appear in symbol order); and how many symbols
+    it holds."""
+    import numpy as np
+
+    from feed.ticks import empty
+
+    count = len(sim.symbols)
+    seen = np.zeros(count, dtype=bool)
+    left, ticks = count, 0
+    parts = []
+    while left and ticks < most:
+        batch = sim.next_batch()
+        if len(batch):
+            parts.append(batch)
+            ticks += len(batch)
+            syms = batch["sym"]
+            if not seen[syms].all():
+                seen[syms] = True
+                left = count - int(seen.sum())
+    if not parts:
+        return empty(0), 0
+    opening = np.concatenate(parts)
+    return opening[np.argsort(opening["sym"], kind="stable")], count - left
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -131,17 +131,9 @@ class Coalescer:
         n = len(batch)
         if n == 0:
             return []
-        self._grow()
         if n <= self._small_batch:
-            ticks = batch.tolist()
-            syms = [tick[0] for tick in ticks]
-            self._check(min(syms), max(syms))  # before any change: all or nothing
-            fold = self._fold
-            for tick in ticks:
-                fold(*tick)
-            if len(self._rows) > ROWS_KEPT:
-                self._write_rows()
-            return sorted(set(syms))
+            return self.apply_rows(batch.tolist())
+        self._grow()
         self._write_rows()
         sym = batch["sym"]
         self._check(int(sym.min()), int(sym.max()))
@@ -188,6 +180,21 @@ class Coalescer:
             c["trades"][t_syms] += t_ends - t_starts
         result: list[int] = changed.tolist()
         return result
+
+    def apply_rows(self, ticks: list[tuple[Any, ...]]) -> list[int]:
+        """Fold ticks given as rows (the fields of TICK_DTYPE, in order) one by one: the path
+        of small batches, and of sources that have a few ticks at a time and no array."""
+        if not ticks:
+            return []
+        self._grow()
+        syms = [tick[0] for tick in ticks]
+        self._check(min(syms), max(syms))  # before any change: all or nothing
+        fold = self._fold
+        for tick in ticks:
+            fold(*tick)
+        if len(self._rows) > ROWS_KEPT:
+            self._write_rows()
+        return sorted(set(syms))
 
     def apply_one(
         self,

@@ -8,6 +8,7 @@ alone is built at most once per change: the same bytes then go to every subscrib
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,16 @@ class Market:
         syms = self.coalescer.apply(batch)
         self.ticks += len(batch)
         self.batches += 1
+        return self._encode(syms)
+
+    def apply_rows(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """`apply` for ticks given as rows (the fields of TICK_DTYPE, in order)."""
+        syms = self.coalescer.apply_rows(rows)
+        self.ticks += len(rows)
+        self.batches += 1
+        return self._encode(syms)
+
+    def _encode(self, syms: list[int]) -> list[int]:
         if not syms:
             return syms
         encode = protocol.encode_snapshot

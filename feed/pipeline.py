@@ -22,6 +22,7 @@ import numpy as np
 
 from feed.market import Market
 from feed.sources.base import Source, SourceState, SymbolRejected
+from feed.ticks import TICK_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,24 @@ class Pipeline:
             return
         for tap in self.taps:
             tap(batch)
+        self._publish(syms)
+
+    def apply_rows(self, source: Source, rows: list[tuple[Any, ...]]) -> None:
+        """`apply` for a few ticks given as rows (the fields of TICK_DTYPE, in order): no
+        array is built unless a tap wants one."""
+        try:
+            syms = self.market.apply_rows(rows)
+        except ValueError:
+            self.rejected_batches += 1
+            log.exception("rejected a batch of %d ticks from %s", len(rows), source.name)
+            return
+        if self.taps:
+            batch = np.array(rows, dtype=TICK_DTYPE)
+            for tap in self.taps:
+                tap(batch)
+        self._publish(syms)
+
+    def _publish(self, syms: list[int]) -> None:
         if not syms:
             return
         if self.stale_symbols:

@@ -384,6 +384,24 @@ def parse_lines(
     skipped; a line that is not JSON (a truncated last line, say) is a reject with field None.
     Feed a long file in chunks, passing the number of each chunk's first line.
     """
+    rows, rejects = parse_lines_rows(lines, intern, now_ns, first_line, {})
+    return np.array(rows, dtype=TICK_DTYPE), rejects
+
+
+def parse_lines_rows(
+    lines: Iterable[bytes | str],
+    intern: Intern,
+    now_ns: int,
+    first_line: int = 1,
+    known: dict[str, int] | None = None,
+) -> tuple[list[Row], list[Reject]]:
+    """`parse_lines`, the good ticks as rows rather than a numpy batch: for the few ticks that
+    arrive at a time at low rates, where building an array costs more than the rest.
+
+    `known` (name to index), when given, is the caller's cache of names already checked and
+    interned, kept across calls: a name in it is neither checked nor interned again, and the
+    names this call interns are added. Only for a caller whose `intern` does nothing else.
+    """
     pairs: list[tuple[int, Any]] = []
     unreadable: list[Reject] = []
     for number, line in enumerate(lines, first_line):
@@ -395,10 +413,10 @@ def parse_lines(
             unreadable.append(
                 Reject(number, None, f"line is not valid JSON: {exc.msg} at character {exc.pos}")
             )
-    batch, rejects = _parse(pairs, intern, now_ns)
+    rows, rejects = _parse_rows(pairs, intern, now_ns, {} if known is None else known)
     if unreadable:
         rejects = sorted(rejects + unreadable, key=lambda reject: reject.index)
-    return batch, rejects
+    return rows, rejects
 
 
 def parse_columnar(
@@ -415,15 +433,25 @@ def parse_columnar(
 # -- tick objects -----------------------------------------------------------------------------
 
 
+Row = tuple[int, int, int, float, int, float, float, int, int]
+"""One tick as the fields of TICK_DTYPE, in order (what `Coalescer.apply_rows` folds)."""
+
+
 def _parse(
     pairs: Iterable[tuple[int, Any]], intern: Intern, now_ns: int
 ) -> tuple[np.ndarray, list[Reject]]:
+    rows, rejects = _parse_rows(pairs, intern, now_ns, {})
+    return np.array(rows, dtype=TICK_DTYPE), rejects
+
+
+def _parse_rows(
+    pairs: Iterable[tuple[int, Any]], intern: Intern, now_ns: int, known: dict[str, int]
+) -> tuple[list[Row], list[Reject]]:
     # The loop accepts the common well-formed tick with a few type checks and comparisons; any
     # tick it does not accept goes to _check, which decides and words the reason.
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Row] = []
     rejects: list[Reject] = []
     add = rows.append
-    known: dict[str, int] = {}
     refused: dict[str, str] = {}
     nan = math.nan
     inf = math.inf
@@ -488,7 +516,7 @@ def _parse(
             add((sym, *row))
         except _Invalid as bad:
             rejects.append(Reject(index, bad.field, bad.reason))
-    return np.array(rows, dtype=TICK_DTYPE), rejects
+    return rows, rejects
 
 
 def _check(obj: Any, now_ns: int, known: Mapping[str, int]) -> tuple[str, tuple[Any, ...]]:

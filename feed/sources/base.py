@@ -64,6 +64,10 @@ class Ingest(Protocol):
         """Fold a batch (market indices) and fan it out, now. Never awaits anyone."""
         ...
 
+    def apply_rows(self, source: Source, rows: list[tuple[Any, ...]]) -> None:
+        """`apply` for a few ticks given as rows (the fields of TICK_DTYPE, in order)."""
+        ...
+
     def stale(self, source: Source, syms: Iterable[int] | None, reason: str) -> None:
         """Tell subscribers that these symbols of `source` (None: all it owns) are stale."""
         ...
@@ -172,6 +176,15 @@ class BaseSource:
         self.last_tick_ns = time.time_ns()
         self.heard()
         self.ingest.apply(self, batch)
+
+    def emit_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """`emit` for a few ticks given as rows: cheaper than an array at low rates."""
+        if not rows:
+            return
+        self.ticks_in += len(rows)
+        self.last_tick_ns = time.time_ns()
+        self.heard()
+        self.ingest.apply_rows(self, rows)
 
     def rejected(self, count: int = 1) -> None:
         self.ticks_rejected += count

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from feed import tickparse
+from feed.coalescer import SMALL_BATCH
 from feed.config import Config, at_least_one, key, non_negative
 from feed.sources.base import BaseSource, Ingest, SourceState
 from feed.sources.registry import SourceKind, register
@@ -352,6 +353,8 @@ class StdinSource(BaseSource):
         self.settings = settings
         self.fd = fd
         self.rejects = RejectLog("stdin")
+        self._names: dict[str, int] = {}
+        """Names checked and interned, kept across chunks (`parse_lines_rows`)."""
         self.counters.update(lines=0, lines_too_long=0)
 
     async def run(self, ingest: Ingest) -> None:
@@ -384,6 +387,15 @@ class StdinSource(BaseSource):
             self.count("lines_too_long", len(chunk.too_long))
         limit = self.settings.max_line
         for lines, first, too_long in runs(chunk):
+            if len(lines) <= SMALL_BATCH:
+                # A few ticks, the usual arrival at market rates: folded as rows, no array,
+                # names already seen not checked again.
+                rows, rejects = tickparse.parse_lines_rows(
+                    lines, intern, time.time_ns(), first, self._names
+                )
+                self._reject(with_too_long(rejects, too_long, limit, "stdin.max_line"))
+                self.emit_rows(rows)
+                continue
             batch, rejects = tickparse.parse_lines(lines, intern, time.time_ns(), first)
             self._reject(with_too_long(rejects, too_long, limit, "stdin.max_line"))
             self.emit(batch)
