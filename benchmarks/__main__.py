@@ -2,6 +2,7 @@
 
 python -m benchmarks list
 python -m benchmarks run light --vs all --repeat 3
+python -m benchmarks run light --vs all --market internal        (each server simulates itself)
 python -m benchmarks run fanout --vs websockets,node --duration 20
 python -m benchmarks run light --url ws://10.0.0.5:8080/ws      (a server on another host)
 python -m benchmarks run ingest
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import ingest, report, runner
-from benchmarks.scenarios import SCENARIOS, Scenario
+from benchmarks.scenarios import MARKETS, SCENARIOS, Scenario
 from benchmarks.servers import SERVERS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         run.add_argument("--slow", type=int, help="clients that never read")
         run.add_argument("--burst-factor", type=float)
         run.add_argument("--seed", type=int)
+        run.add_argument("--idle", type=float, help="seconds with no client, for idle CPU (1.5)")
+        if name == "run":
+            run.add_argument(
+                "--market",
+                choices=MARKETS,
+                help="external: one `feed simulate` process piped into every server's stdin, "
+                "ts stamped as each tick is written (the default); internal: each server "
+                "simulates the market itself, ts stamped as each batch is yielded",
+            )
         run.add_argument(
             "--feed-set",
             action="append",
@@ -63,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
         )
         run.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}/...)")
         run.add_argument("--no-plot", action="store_true")
+        run.add_argument(
+            "--client",
+            choices=list(runner.CLIENTS),
+            default="python",
+            help="the load generator: python (benchmarks/loadgen.py, the default) or c "
+            "(benchmarks/cclient, compiled with gcc on first use: the check on the Python one)",
+        )
+        run.add_argument(
+            "--timed",
+            help="which clients time their snapshots: auto (the default: every client, or a "
+            "seeded uniform sample if that would load the generator), all, or a sample size",
+        )
         if name == "run":
             run.add_argument("--url", help="measure a server already running there (LAN mode)")
             run.add_argument("--ticks", type=int, default=2_000_000, help="ingest: ticks folded")
@@ -89,7 +112,11 @@ def _servers(vs: str) -> list[str]:
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
+    # LAN mode starts our server in its namespace with its own simulator: internal.
+    market = getattr(args, "market", None) if args.command == "run" else "internal"
     return SCENARIOS[args.scenario].with_overrides(
+        market=market,
+        idle=args.idle,
         duration=args.duration,
         warmup=args.warmup,
         symbols=args.symbols,
@@ -152,9 +179,11 @@ def run_scenario(
             print(f"[{label}] {scenario.name}", flush=True)
             try:
                 if url is None:
-                    result = runner.run_server(SERVERS[name], scenario, out, label)
+                    result = runner.run_server(
+                        SERVERS[name], scenario, out, label, args.client, args.timed
+                    )
                 else:
-                    result = runner.run_remote(url, scenario, out, label)
+                    result = runner.run_remote(url, scenario, out, label, args.client, args.timed)
             except (runner.BenchmarkError, OSError, TimeoutError) as exc:
                 failures[label] = str(exc)
                 print(f"[{label}] failed: {exc}", file=sys.stderr, flush=True)
@@ -162,11 +191,15 @@ def run_scenario(
             runs.setdefault(result["server"], []).append(result)
     summaries = [report.summarize(server_runs) for server_runs in runs.values()]
     scenario_doc = runner.scenario_dict(scenario)
+    if url is not None:
+        scenario_doc["market"] = "remote"  # whatever the server there runs
     document = {
         "scenario": scenario_doc,
+        "market": scenario_doc["market"],
         "command": sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": report.machine(),
+        "client": args.client,
         "clock": "same host: latency = receive time - ts on one clock"
         if url is None
         else "LAN: latency corrected by the clock offset estimated from ping/pong",
@@ -204,6 +237,12 @@ def run_scenario(
                     f"warning: {s['server']}'s market ran at "
                     f"{100 * s['tick_rate']['ratio']:.0f}% of the rate asked for"
                 )
+            if s.get("producer_rate", {}).get("behind"):
+                print(
+                    f"warning: while measuring {s['server']}, the producer wrote "
+                    f"{100 * s['producer_rate']['ratio']:.0f}% of the rate asked for (its own "
+                    "count): it fell behind, or the server did not read its stdin fast enough"
+                )
         if url is not None:
             clock = summaries[0]["clock"]
             print(
@@ -218,6 +257,10 @@ def run_scenario(
             print(f"plot: {out / 'latency.png'}")
     print(f"written: {out / 'report.json'}")
     return 1 if failures else 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.markdown(document))
             print()
         return 0
+    # SIGTERM unwinds like Ctrl-C, so that every process a run started is stopped on the way.
+    signal.signal(signal.SIGTERM, _terminated)
     if args.command == "run" and args.scenario == "ingest":
         return run_ingest(args)
     if args.command == "run":

@@ -3,7 +3,18 @@
 Run by the benchmark runner in its own process (pinned to its own core), never in the server's.
 It is lean on purpose, so that it measures the server and not itself: one asyncio protocol per
 connection, frames parsed from bulk reads, one clock read per read, and only the three fields it
-needs (symbol, seq, ts) pulled out of each snapshot with one regular expression.
+needs (symbol, seq, ts) pulled out of each snapshot with one regular expression, run over the
+read buffer in place (no copy of the frame).
+
+Which clients time their snapshots (`--timed`): every one by default, since a server sends each
+fan-out in some order (our registry and the peers keep subscribers in subscription order) and
+the clients at the front of it see less latency than the rest. `auto` (the default) times every
+client unless the warm-up, timing every client, took more than `AUTO_SAMPLE_CPU` of the
+generator's core; then a seeded uniform sample (`sample_size`) spread over the subscription
+order (`timed_clients`). Timing costs this generator about 1 µs of Python per frame more than
+counting, and past about a third of its core its own queueing shows in the tail it measures
+(docs/performance.md, "The load generator, checked"). The clients not timed still count what
+they receive. The report says which was chosen and why (`timed`).
 
 Talks to the runner over stdin/stdout, one JSON object per line:
   stdout {"event":"ready",...}      every client is subscribed and has its snapshot
@@ -42,6 +53,23 @@ from benchmarks.histogram import Histogram
 SNAPSHOT = re.compile(rb'"symbol":"([^"]+)","seq":(\d+),"ts":(\d+)')
 PONG = re.compile(rb'"type":"pong","id":(\d+),"ts":(\d+)')
 OBSERVER = -2
+AUTO_SAMPLE_CPU = 30.0
+"""`--timed auto`: the warm-up CPU (% of the generator's core, every client timed) above which
+only a sample of the clients is timed. In `fanout`, timing every client took 37-43% and read the
+feed's p99 1 ms higher than the compiled client did, where a sample of 200 (31%) agreed with it;
+`light` (13-23%) agrees with it timing every client."""
+AUTO_SAMPLE = 200
+"""`--timed auto`: the smallest sample (see `sample_size`)."""
+AUTO_SAMPLE_SHARE = 0.2
+"""`--timed auto`: the sample is at least this share of the clients."""
+
+
+def sample_size(total: int) -> int:
+    """How many clients `--timed auto` times when it samples: `AUTO_SAMPLE`, or
+    `AUTO_SAMPLE_SHARE` of them if that is more (2,000 of 10,000)."""
+    return min(total, max(AUTO_SAMPLE, int(total * AUTO_SAMPLE_SHARE)))
+
+
 UPDATE_PREFIX = b'{"type":"update"'
 SNAPSHOT_PREFIX = b'{"type":"snapshot"'
 SUBSCRIBED_PREFIX = b'{"type":"subscribed"'
@@ -87,6 +115,33 @@ class Totals:
             self.seconds.setdefault(int(s), []).append(latency_us[second == s])
 
 
+def timed_clients(total: int, size: int | None, seed: int) -> list[int]:
+    """The indices (sorted) of the clients that time their snapshots, out of `total`: every one
+    when `size` is None or at least `total`, else a uniform random subset of `size` drawn with
+    `seed` (every index equally likely, so the subset is spread over the subscription order:
+    never simply the first `size`). The same arguments give the same subset."""
+    if size is None or size >= total:
+        return list(range(total))
+    if size < 0:
+        raise ValueError(f"a sample of {size} clients: the size must be 0 or more")
+    return sorted(random.Random(f"timed-clients:{seed}").sample(range(total), size))
+
+
+def parse_timed(text: str) -> str | int:
+    """`--timed`: `auto`, `all`, `none`, or a sample size (a whole number of clients)."""
+    if text in ("auto", "all", "none"):
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--timed {text!r}: expected auto, all, none or a number of clients"
+        ) from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"--timed {size}: a sample size must be 0 or more")
+    return size
+
+
 class FeedClient(asyncio.Protocol):
     """One subscriber connection: handshake, subscribe, then count and time what arrives."""
 
@@ -97,7 +152,7 @@ class FeedClient(asyncio.Protocol):
         path: str,
         symbols: list[str],
         slow: bool = False,
-        measured: bool = True,
+        timed: bool = True,
         record: bool = True,
     ) -> None:
         self.totals = totals
@@ -110,14 +165,17 @@ class FeedClient(asyncio.Protocol):
         self.ready: asyncio.Future[None] = loop.create_future()
         """Set when the server answered the subscription."""
         self.slow = slow
-        self.measured = measured
+        self.timed = timed
+        """Times every snapshot it gets; the others only count theirs (no copy, no parse)."""
+        self.timed_snapshots = 0
+        """Snapshots it timed in the window: which clients the latencies came from."""
         self.record = record
-        """Adds its latencies to the totals; the slow clients and the observer do not."""
+        """Adds its latencies to the totals; the slow clients and the observer do not: they
+        only follow seqs (`track`)."""
         self.targets: dict[bytes, int] | None = None
         """Seqs to reach after resuming (a slow client catching up)."""
         self.resumed_at = 0
         self.caught_up_ns: int | None = None
-        """Times every snapshot it gets; the others only count theirs, to keep the client lean."""
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.open = False
@@ -196,8 +254,12 @@ class FeedClient(asyncio.Protocol):
             totals.frames += 1
             totals.bytes += length
             if opcode == 0x1:
-                if self.measured or not buffer.startswith(UPDATE_PREFIX, start):
+                if not buffer.startswith(UPDATE_PREFIX, start):
                     self.on_text(bytes(buffer[start:end]), now)
+                elif not self.record:  # the slow clients and the observer follow seqs only
+                    self.track(bytes(buffer[start:end]), now)
+                elif self.timed:
+                    self.on_update(buffer, start, end, now)
                 else:  # an update on a connection that only counts: no copy, no parse
                     totals.snapshots += buffer.count(SYMBOL_KEY, start, end)
                 continue
@@ -221,27 +283,42 @@ class FeedClient(asyncio.Protocol):
 
     # -- frames -------------------------------------------------------------------------------
 
-    def on_text(self, payload: bytes, now: int) -> None:
+    def on_update(self, buffer: bytearray, start: int, end: int, now: int) -> None:
+        """Time every snapshot of the update frame at `buffer[start:end]`, read in place."""
+        found = SNAPSHOT.findall(buffer, start, end)
         totals = self.totals
-        if not self.record and (
-            payload.startswith(UPDATE_PREFIX) or payload.startswith(SNAPSHOT_PREFIX)
-        ):
-            self.track(payload, now)
+        last_seq = self.last_seq
+        pending = totals.pending
+        if len(found) == 1:  # most frames, unless the server is conflating: ~20% less work
+            ((symbol, seq_text, ts_text),) = found
+            seq = int(seq_text)
+            pending.append(int(ts_text))
+            totals.pending_at.append(now)
+            previous = last_seq.get(symbol)
+            last_seq[symbol] = seq
+            if previous is not None:
+                totals.ticks_seen += seq - previous
+                totals.advances += 1
+            totals.snapshots += 1
+            self.timed_snapshots += 1
             return
-        if payload.startswith(UPDATE_PREFIX):
-            last_seq = self.last_seq
-            pending = totals.pending
-            for symbol, seq_text, ts_text in SNAPSHOT.findall(payload):
-                seq = int(seq_text)
-                pending.append(int(ts_text))
-                previous = last_seq.get(symbol)
-                if previous is not None:
-                    totals.ticks_seen += seq - previous
-                    totals.advances += 1
-                last_seq[symbol] = seq
-            count = len(pending) - len(totals.pending_at)
-            totals.pending_at.extend([now] * count)
-            totals.snapshots += count
+        for symbol, seq_text, ts_text in found:
+            seq = int(seq_text)
+            pending.append(int(ts_text))
+            previous = last_seq.get(symbol)
+            if previous is not None:
+                totals.ticks_seen += seq - previous
+                totals.advances += 1
+            last_seq[symbol] = seq
+        count = len(pending) - len(totals.pending_at)
+        totals.pending_at.extend([now] * count)
+        totals.snapshots += count
+        self.timed_snapshots += count
+
+    def on_text(self, payload: bytes, now: int) -> None:
+        """Every text frame but the updates (`data_received` routes those)."""
+        if not self.record and payload.startswith(SNAPSHOT_PREFIX):
+            self.track(payload, now)
         elif payload.startswith(SNAPSHOT_PREFIX):
             for symbol, seq_text, _ in SNAPSHOT.findall(payload):
                 self.last_seq[symbol] = int(seq_text)
@@ -335,6 +412,49 @@ async def resume_slow(
     ]
 
 
+def choose_timed(
+    clients: list[FeedClient], timed: str | int, warmup_cpu: float, seed: int
+) -> dict[str, Any]:
+    """Settle which clients time their snapshots in the window (see the module docstring):
+    with `auto`, a seeded uniform sample of `sample_size` clients if the warm-up, every client
+    timed, took more than `AUTO_SAMPLE_CPU` of the core. What was chosen, and why, for the
+    report."""
+    total = len(clients)
+    chosen = [index for index, client in enumerate(clients) if client.timed]
+    size = sample_size(total)
+    if timed == "auto" and warmup_cpu > AUTO_SAMPLE_CPU and size < total:
+        chosen = timed_clients(total, size, seed)
+        keep = set(chosen)
+        for index, client in enumerate(clients):
+            client.timed = index in keep
+        how = (
+            f"a seeded uniform sample of {size} of {total} clients (seed {seed}): "
+            f"timing every client took {warmup_cpu:.0f}% of the generator's core in the "
+            f"warm-up, above {AUTO_SAMPLE_CPU:.0f}%"
+        )
+    elif len(chosen) == total:
+        how = f"every client ({total})" + (
+            f"; the warm-up took {warmup_cpu:.0f}% of the generator's core, at most "
+            f"{AUTO_SAMPLE_CPU:.0f}%"
+            if timed == "auto"
+            else ""
+        )
+    elif not chosen:
+        how = f"no client: the {total} clients only count what they receive"
+    else:
+        how = f"a seeded uniform sample of {len(chosen)} of {total} clients (seed {seed})"
+    return {
+        "asked": str(timed),
+        "mode": "all" if len(chosen) == total else "sample",
+        "clients": len(chosen),
+        "of": total,
+        "seed": None if len(chosen) == total else seed,
+        "how": how,
+        "warmup_cpu": round(warmup_cpu, 1),
+        "indices": chosen if len(chosen) < total else None,
+    }
+
+
 def market_symbols(http: str, count: int | None) -> list[str]:
     """The server's symbols from `GET /symbols`; for a server without that route (the peers),
     the simulator's first `count` names, which is what such a server simulates."""
@@ -402,6 +522,10 @@ async def run(args: argparse.Namespace) -> None:
     lists += [list(symbols)] * args.slow
     clients: list[FeedClient] = []
     semaphore = asyncio.Semaphore(args.connect_concurrency)
+    timed_arg: str | int = args.timed if args.measure is None else args.measure
+    sample_size = {"auto": None, "all": None, "none": 0}.get(str(timed_arg), timed_arg)
+    assert sample_size is None or isinstance(sample_size, int)
+    timed = set(timed_clients(args.clients, sample_size, args.seed))
 
     async def connect(index: int, chosen: list[str]) -> FeedClient:
         """Open a connection and finish its handshake (nothing flows before it subscribes)."""
@@ -420,7 +544,7 @@ async def run(args: argparse.Namespace) -> None:
                     url.path or "/ws",
                     chosen,
                     slow,
-                    measured=index < args.measure or slow or index == OBSERVER,
+                    timed=index in timed,
                     record=not slow and index != OBSERVER,
                 ),
                 sock=sock,
@@ -491,9 +615,19 @@ async def run(args: argparse.Namespace) -> None:
 
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    command = (await reader.readline()).strip()
-    if command != b"start":
+    # The warm-up: the clients time (and flush) exactly as in the window, so that its CPU tells
+    # what timing them costs.
+    warm_cpu, warm_wall = time.process_time(), time.monotonic()
+    starting = asyncio.ensure_future(reader.readline())
+    while not starting.done():
+        await asyncio.wait([starting], timeout=args.flush_interval)
+        totals.flush()
+    warmup_cpu = 100 * (time.process_time() - warm_cpu) / max(time.monotonic() - warm_wall, 1e-6)
+    if starting.result().strip() != b"start":
         return
+    timing = choose_timed(clients, timed_arg, warmup_cpu, args.seed)
+    for client in clients:
+        client.timed_snapshots = 0
     totals.reset()
     if apply_offset and offset is None:
         raise SystemExit("no pong came back: cannot correct latencies for the clock offset")
@@ -525,6 +659,7 @@ async def run(args: argparse.Namespace) -> None:
     wall = time.monotonic() - wall_start
     cpu = time.process_time() - cpu_start
     catch_up = await resume_slow(clients, observer) if observer else None
+    timing["with_samples"] = sum(1 for client in clients if client.timed_snapshots)
     emit(
         {
             "event": "report",
@@ -546,7 +681,10 @@ async def run(args: argparse.Namespace) -> None:
             "by_second": percentiles_by_second(totals),
             "clock_offset_applied": apply_offset,
             "slow_catch_up_ms": catch_up,
-            "measured_clients": min(args.measure, args.clients),
+            "measured_clients": timing["clients"],
+            "timed": timing,
+            "client": "python",
+            "cpu_us_per_frame": 1e6 * cpu / totals.frames if totals.frames else None,
         }
     )
     for client in clients:
@@ -571,10 +709,18 @@ def main(argv: list[str] | None = None) -> None:
         help="the server is on another host: correct latencies by the offset",
     )
     parser.add_argument(
+        "--timed",
+        type=parse_timed,
+        default="auto",
+        help="which clients time their snapshots (the rest only count theirs): auto (every "
+        f"client, or a seeded uniform sample of {AUTO_SAMPLE} or {100 * AUTO_SAMPLE_SHARE:.0f}%% "
+        f"of them if timing every one took more than {AUTO_SAMPLE_CPU:.0f}%% of the core in the "
+        "warm-up), all, none, or a number: a seeded uniform sample of that many",
+    )
+    parser.add_argument(
         "--measure",
         type=int,
-        default=200,
-        help="clients that time every snapshot (the rest only count theirs)",
+        help="the same as --timed N (0: none); kept for older commands",
     )
     parser.add_argument("--connect-concurrency", type=int, default=200)
     parser.add_argument(

@@ -51,7 +51,12 @@ def _median(values: list[float]) -> float:
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repeated runs of one server (a single run is its own median)."""
     first = runs[0]
-    summary: dict[str, Any] = {"server": first["server"], "runs": len(runs)}
+    summary: dict[str, Any] = {
+        "server": first["server"],
+        "runs": len(runs),
+        # reports from before the external mode existed were all internal
+        "market": first.get("market", "internal"),
+    }
     summary["latency_us"] = {
         key: _median([run["latency_us"][key] for run in runs]) for key in first["latency_us"]
     }
@@ -60,6 +65,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "frames_per_s",
         "bytes_per_s",
         "client_cpu",
+        "producer_cpu",
         "server_cpu",
         "idle_cpu",
         "fanout_cpu",
@@ -78,6 +84,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "ratio": _median([run["tick_rate"]["ratio"] for run in runs]),
             "behind": any(run["tick_rate"]["behind"] for run in runs),
         }
+    if "producer" in first:
+        rates = [run["producer"]["rate"] for run in runs]
+        summary["producer_rate"] = {
+            "requested": rates[0]["requested"],
+            "achieved": _median([rate["achieved"] for rate in rates]),
+            "ratio": _median([rate["ratio"] for rate in rates]),
+            "behind": any(rate["behind"] for rate in rates),
+        }
     if "rss" in first:
         summary["rss"] = {key: _median([run["rss"][key] for run in runs]) for key in first["rss"]}
     summary["clock"] = first["clock"]
@@ -94,15 +108,41 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
+MARKET_MODES = {
+    "external": "one `feed simulate` process piped into the server's stdin, ts stamped as "
+    "each tick is written",
+    "internal": "the server simulates the market itself, ts stamped as each batch is yielded",
+    "remote": "the remote server's own source",
+}
+
+
+def market_mode(summaries: list[dict[str, Any]], scenario: dict[str, Any]) -> str:
+    """The market mode of these figures (`external`, `internal`, `remote`)."""
+    modes = {s.get("market") for s in summaries} - {None}
+    if len(modes) == 1:
+        return str(modes.pop())
+    if modes:
+        return "mixed: " + ", ".join(sorted(str(m) for m in modes))
+    return str(scenario.get("market", "internal"))
+
+
+def _behind(s: dict[str, Any]) -> bool:
+    """The market fell behind: the server folded, or the producer wrote, too few ticks."""
+    return bool(s.get("tick_rate", {}).get("behind") or s.get("producer_rate", {}).get("behind"))
+
+
 def table(summaries: list[dict[str, Any]], scenario: dict[str, Any]) -> str:
     """The terminal table: one row per server, ratios against ours (the first row)."""
     head = (
         f"{'server':<11}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'max':>9}"
         f"{'snaps/s':>10}{'frames/s':>10}{'MB/s':>7}{'tk/snap':>8}{'market':>8}{'drop':>6}"
-        f"{'CPU%':>6}{'idle%':>6}{'RSS MB':>12}{'client%':>8}{'p99 x':>7}{'CPU x':>7}"
+        f"{'CPU%':>6}{'idle%':>6}{'RSS MB':>12}{'client%':>8}{'producer%':>10}"
+        f"{'p99 x':>7}{'CPU x':>7}"
     )
+    mode = market_mode(summaries, scenario)
     lines = [
-        f"scenario {scenario['name']}: {scenario['symbols']} symbols, "
+        f"scenario {scenario['name']}, market {mode} ({MARKET_MODES.get(mode, mode)}): "
+        f"{scenario['symbols']} symbols, "
         f"{scenario['rate']:g} ticks/s"
         + (f" (x{scenario['burst_factor']:g} bursts)" if scenario["burst_factor"] != 1 else "")
         + f", {scenario['clients']} clients x {scenario['per_client']} symbols"
@@ -115,7 +155,7 @@ def table(summaries: list[dict[str, Any]], scenario: dict[str, Any]) -> str:
     for s in summaries:
         lat = s["latency_us"]
         rate = s.get("tick_rate")
-        market = f"{100 * rate['ratio']:.0f}%" + ("!" if rate["behind"] else "") if rate else "-"
+        market = f"{100 * rate['ratio']:.0f}%" + ("!" if _behind(s) else "") if rate else "-"
         rss = s.get("rss")
         rss_text = f"{rss['start'] / 2**20:.0f}->{rss['end'] / 2**20:.0f}" if rss else "-"
         cpu = s.get("server_cpu")
@@ -127,6 +167,7 @@ def table(summaries: list[dict[str, Any]], scenario: dict[str, Any]) -> str:
             cpu_ratio = f"{cpu / ours['server_cpu']:.2f}"
         ticks = s["ticks_per_snapshot"]
         client = f"{s['client_cpu']:.0f}" + ("*" if s["client_saturated"] else "")
+        producer = s.get("producer_cpu")
         lines.append(
             f"{s['server']:<11}{_ms(lat['p50']):>8}{_ms(lat['p90']):>8}{_ms(lat['p99']):>8}"
             f"{_ms(lat['p99.9']):>8}{_ms(lat['max']):>9}"
@@ -135,13 +176,17 @@ def table(summaries: list[dict[str, Any]], scenario: dict[str, Any]) -> str:
             f"{market:>8}{s['dropped'] + s['slow_dropped']:>6}"
             f"{(f'{cpu:.0f}' if cpu is not None else '-'):>6}"
             f"{(f'{idle:.0f}' if idle is not None else '-'):>6}{rss_text:>12}{client:>8}"
+            f"{(f'{producer:.0f}' if producer is not None else '-'):>10}"
             f"{p99_ratio:>7}{cpu_ratio:>7}"
         )
     lines.append(
-        "market: ticks/s the server's producer achieved vs asked (! below 99%); tk/snap: ticks "
-        "per delivered snapshot (1 = nothing conflated); CPU%: server, % of one core, its market "
-        "included; idle%: the same with no client; client%: load generator CPU (* near "
-        "saturation: figures may measure the client); x: ratio to feed."
+        "market: ticks/s the server folded vs asked (! below 99%, or the producer wrote too "
+        "few); tk/snap: ticks per delivered snapshot (1 = nothing conflated); CPU%: server, % of "
+        "one core (internal: its simulator included; external: reading and parsing its stdin "
+        "included, the producer not); idle%: the same with no client; client%: load generator "
+        "CPU (* its core near saturation, the producer's share included: figures may measure "
+        "the client); producer%: the external producer's CPU, on the load generator's core; "
+        "x: ratio to feed."
     )
     return "\n".join(lines)
 
@@ -197,17 +242,19 @@ def markdown(document: dict[str, Any]) -> str:
     scenario = document["scenario"]
     summaries = document["summary"]
     ours = next((s for s in summaries if s["server"] == "feed"), None)
+    mode = market_mode(summaries, scenario)
     lines = [
-        f"**{scenario['name']}** ({scenario['symbols']} symbols, {scenario['rate']:g} ticks/s"
+        f"**{scenario['name']}**, market {mode} "
+        f"({scenario['symbols']} symbols, {scenario['rate']:g} ticks/s"
         + (f" x{scenario['burst_factor']:g} in bursts" if scenario["burst_factor"] != 1 else "")
         + f", {scenario['clients']:,} clients x {scenario['per_client']} symbols"
         + (f" + {scenario['slow']} that never read" if scenario["slow"] else "")
         + f"; {scenario['duration']:g} s; median of {summaries[0]['runs']} run(s))",
         "",
         "| server | p50 ms | p99 ms | p99.9 ms | max ms | snapshots/s | frames/s | tk/snap "
-        "| market | dropped | CPU % | idle CPU % | RSS MB start→end | client CPU % | p99 vs feed "
-        "| CPU vs feed |",
-        "|" + " --- |" * 16,
+        "| market | dropped | CPU % | idle CPU % | RSS MB start→end | client CPU % "
+        "| producer CPU % | p99 vs feed | CPU vs feed |",
+        "|" + " --- |" * 17,
     ]
     for s in summaries:
         lat = s["latency_us"]
@@ -226,12 +273,13 @@ def markdown(document: dict[str, Any]) -> str:
             f"{s['snapshots_per_s']:,.0f}",
             f"{s['frames_per_s']:,.0f}",
             f"{ticks:.2f}" if ticks else "-",
-            (f"{100 * rate['ratio']:.0f}%" + (" ⚠" if rate["behind"] else "")) if rate else "-",
+            (f"{100 * rate['ratio']:.0f}%" + (" ⚠" if _behind(s) else "")) if rate else "-",
             str(s["dropped"] + s["slow_dropped"]),
             f"{cpu:.0f}" if cpu is not None else "-",
             f"{s['idle_cpu']:.0f}" if s.get("idle_cpu") is not None else "-",
             f"{rss['start'] / 2**20:.0f}→{rss['end'] / 2**20:.0f}" if rss else "-",
             f"{s['client_cpu']:.0f}" + (" ⚠" if s["client_saturated"] else ""),
+            f"{s['producer_cpu']:.0f}" if s.get("producer_cpu") is not None else "-",
             f"{p99_ratio:.2f}" if p99_ratio is not None else "-",
             f"{cpu_ratio:.2f}" if cpu_ratio is not None else "-",
         ]

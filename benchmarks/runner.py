@@ -1,14 +1,18 @@
 """One benchmark run: start a server, drive it with the load generator, measure, stop it all.
 
 The server and the load generator run in their own processes, pinned to separate cores when the
-machine has two or more, so that neither steals the other's CPU. Everything started here is
-stopped here, by process group, whatever happens.
+machine has two or more, so that neither steals the other's CPU. In the external market mode
+(`Scenario.market`), a third process, the producer (`feed simulate`), writes the ticks into a
+pipe that is the server's standard input; it shares the load generator's core, and its CPU is
+its own, not the server's. Everything started here is stopped here, by process group, whatever
+happens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import resource
@@ -16,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -26,15 +31,21 @@ import orjson
 from benchmarks import procstats
 from benchmarks.scenarios import Scenario
 from benchmarks.servers import ServerSpec
+from simulators import symbol_names
 
 LISTENING = re.compile(rb"listening on (ws://[\w.:\[\]-]+/ws)")
 SATURATED_CPU = 85.0
 """Client CPU (% of one core) above which its figures are marked: it may be measuring itself."""
-IDLE_WINDOW = 1.5
-"""Seconds the server runs with no client before the load generator starts, to measure its idle
-CPU (the market alone)."""
 BEHIND = 0.99
 """A market that achieved less than this share of the rate asked for is flagged."""
+CLIENTS = {"python": "benchmarks.loadgen", "c": "benchmarks.cclient"}
+"""The load generators (`--client`): the same command line, line protocol and subscriptions;
+`c` is the compiled check on the Python one (benchmarks/cclient)."""
+PIPE_BYTES = 1 << 20
+"""The size asked for the producer's pipe (F_SETPIPE_SZ; 1 MiB is what Linux lets anyone ask):
+room for a stall of the server without holding the producer up, like a socket's buffers."""
+PRIME_TIMEOUT = 120.0
+"""Seconds the producer and the server may take to write and fold the opening of the market."""
 
 
 class BenchmarkError(RuntimeError):
@@ -89,7 +100,9 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self, cpus: set[int] | None, timeout: float = 60.0) -> None:
+    def start(self, cpus: set[int] | None, timeout: float = 60.0, stdin: int | None = None) -> None:
+        """Start the server (its standard input `stdin`, a descriptor, else /dev/null) and
+        return once it listens and answers `GET /stats`."""
         command = self.spec.command(self.scenario)
         log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self._log = log
@@ -97,7 +110,7 @@ class Server:
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             start_new_session=True,
             preexec_fn=_pinned(cpus),
         )
@@ -135,8 +148,12 @@ class Server:
         assert self.process is not None
         return procstats.sample(self.process.pid, self.spec.exclude)
 
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = _get_json(self.http("/stats"), timeout=30)
+        return stats
+
     def ticks(self) -> int:
-        return ticks_of(_get_json(self.http("/stats"), timeout=30))
+        return ticks_of(self.stats())
 
     def stop(self) -> int | None:
         """SIGTERM to the whole group, SIGKILL after 10 s; returns the exit code."""
@@ -155,6 +172,154 @@ class Server:
         return process.returncode
 
 
+def producer_command(scenario: Scenario) -> list[str]:
+    """The external market: `feed simulate`, paced, primed, with the scenario's market flags."""
+    return [
+        sys.executable, "-m", "feed", "simulate", "--prime",
+        "--symbols", str(scenario.symbols),
+        "--rate", repr(scenario.rate),
+        "--seed", str(scenario.seed),
+        "--burst-factor", repr(scenario.burst_factor),
+        "--burst-every", repr(scenario.burst_every),
+        "--burst-length", repr(scenario.burst_length),
+    ]  # fmt: skip
+
+
+class Producer:
+    """The producer of the external market: `feed simulate` writing into the server's stdin.
+
+    It reports on its stderr (this log) as JSON lines: once how many ticks it primed the market
+    with, and on each SIGUSR1 the ticks it has written and the seconds since its stream began,
+    which is how its own rate is measured (`count`)."""
+
+    def __init__(self, scenario: Scenario, log_path: Path) -> None:
+        self.scenario = scenario
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.primed = 0
+
+    def start(self, stdout: int, cpus: set[int] | None) -> None:
+        log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self._log = log
+        self.process = subprocess.Popen(
+            producer_command(self.scenario),
+            stdout=stdout,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_pinned(cpus),
+        )
+
+    def reports(self) -> list[dict[str, Any]]:
+        """What the producer said on stderr, JSON lines only."""
+        found = []
+        for line in self.log_path.read_bytes().splitlines():
+            if line.startswith(b"{"):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    found.append(orjson.loads(line))
+        return found
+
+    def _died(self, what: str) -> BenchmarkError:
+        assert self.process is not None
+        return BenchmarkError(
+            f"the producer exited with {self.process.returncode} {what}:\n"
+            + self.log_path.read_text(errors="replace")[-2000:]
+        )
+
+    def wait_primed(self, server: Server, timeout: float = PRIME_TIMEOUT) -> int:
+        """Wait until the producer has written the opening of the market and `server` has
+        folded it (every symbol has ticked); return the primed tick count."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            primed = [r for r in self.reports() if "primed" in r]
+            if primed:
+                self.primed = int(primed[0]["primed"])
+                break
+            if self.process.poll() is not None:
+                raise self._died("before priming the market")
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the producer did not prime the market in {timeout:.0f} s")
+            time.sleep(0.02)
+        while server.ticks() < self.primed:
+            if self.process.poll() is not None:
+                raise self._died("while the server folded the opening of the market")
+            if time.monotonic() > deadline:
+                raise BenchmarkError(
+                    f"{server.spec.name} did not fold the {self.primed:,} opening ticks "
+                    f"in {timeout:.0f} s"
+                )
+            time.sleep(0.02)
+        _check_symbols(server, self.scenario)
+        return self.primed
+
+    async def count(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The producer's own count: ticks written and seconds since its stream began."""
+        assert self.process is not None
+        before = len(self.reports())
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.reports() if "ticks" in r]
+            if len(self.reports()) > before and found:
+                return found[-1]
+            if self.process.poll() is not None:
+                raise self._died("during the run")
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"the producer did not report its count in {timeout:g} s")
+            await asyncio.sleep(0.005)
+
+    def sample(self) -> procstats.Sample:
+        assert self.process is not None
+        return procstats.sample(self.process.pid)
+
+    def stop(self) -> int | None:
+        """SIGTERM to its group, SIGKILL after 5 s; returns the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self._log.close()
+        return process.returncode
+
+
+def _check_symbols(server: Server, scenario: Scenario) -> None:
+    """A server that lists its symbols (ours learns them from the ticks) must list the
+    simulator's, in its order: the load generator draws each client's symbols from that list,
+    and the peers know the simulator's up front."""
+    try:
+        listed = _get_json(server.http("/symbols"))
+    except urllib.error.HTTPError:
+        return  # a peer: no such route
+    expected = list(symbol_names(scenario.symbols))
+    if listed != expected:
+        raise BenchmarkError(
+            f"{server.spec.name} lists {len(listed)} symbols after the opening of the market, "
+            f"not the simulator's {len(expected)} in order: its clients would subscribe to "
+            "other symbols than on the other servers"
+        )
+
+
+def _rate(requested: float, ticks: float, seconds: float) -> dict[str, Any]:
+    """A tick rate over a window against the rate asked for, flagged when behind."""
+    achieved = ticks / seconds
+    # Arrivals are Poisson: allow three standard deviations of the count on top of 1%.
+    noise = 3 * (requested * seconds) ** 0.5 / seconds
+    return {
+        "requested": requested,
+        "achieved": achieved,
+        "ratio": achieved / requested,
+        "behind": achieved < BEHIND * requested - noise,
+    }
+
+
 async def _lines(stream: asyncio.StreamReader, timeout: float) -> dict[str, Any]:
     line = await asyncio.wait_for(stream.readline(), timeout)
     if not line:
@@ -171,10 +336,15 @@ async def drive(
     log_path: Path,
     label: str,
     remote: bool = False,
+    producer: Producer | None = None,
+    client: str = "python",
+    timed: str | None = None,
 ) -> dict[str, Any]:
-    """Run the load generator against `url` for one measured window; return every figure."""
+    """Run the load generator against `url` for one measured window; return every figure.
+
+    `client` names the load generator (`CLIENTS`); `timed`, if given, is its `--timed`."""
     args = [
-        sys.executable, "-m", "benchmarks.loadgen",
+        sys.executable, "-m", CLIENTS[client],
         "--url", url,
         "--clients", str(scenario.clients),
         "--per-client", str(scenario.per_client),
@@ -184,14 +354,16 @@ async def drive(
     ]  # fmt: skip
     if remote:
         args.append("--remote")
+    if timed is not None:
+        args += ["--timed", timed]
     baseline = server.sample() if server else None
     idle_cpu = None
     if server is not None:
         # The server with no client: what its tick source and housekeeping cost by themselves.
-        await asyncio.sleep(IDLE_WINDOW)
+        await asyncio.sleep(scenario.idle)
         idle = server.sample()
         assert baseline is not None
-        idle_cpu = 100 * (idle.cpu_seconds - baseline.cpu_seconds) / IDLE_WINDOW
+        idle_cpu = 100 * (idle.cpu_seconds - baseline.cpu_seconds) / scenario.idle
         baseline = idle
     with open(log_path, "wb") as log:
         loadgen = await asyncio.create_subprocess_exec(
@@ -204,7 +376,7 @@ async def drive(
             limit=2**26,  # the report is one long line
         )
         try:
-            result = await _measure(server, scenario, loadgen, baseline, label)
+            result = await _measure(server, scenario, loadgen, baseline, label, producer)
             if idle_cpu is not None:
                 result["idle_cpu"] = idle_cpu
                 result["fanout_cpu"] = result["server_cpu"] - idle_cpu
@@ -222,6 +394,7 @@ async def _measure(
     loadgen: asyncio.subprocess.Process,
     baseline: procstats.Sample | None,
     label: str,
+    producer: Producer | None = None,
 ) -> dict[str, Any]:
     assert loadgen.stdout is not None and loadgen.stdin is not None
     connect_timeout = 660.0  # the load generator gives up on its own after 600 s
@@ -244,8 +417,10 @@ async def _measure(
     await asyncio.sleep(scenario.warmup)
 
     start_sample = server.sample() if server else None
-    ticks_start = server.ticks() if server else None
-    started = time.monotonic()
+    stats_start = server.stats() if server else None
+    producer_start = await producer.count() if producer else None
+    producer_cpu_start = producer_cpu_last = producer.sample() if producer else None
+    started = last = time.monotonic()
     loadgen.stdin.write(b"start\n")
     await loadgen.stdin.drain()
     progress: list[dict[str, Any]] = []
@@ -256,16 +431,26 @@ async def _measure(
         except TimeoutError:
             break
         if message.get("event") == "progress":
+            shared = ""
+            if producer is not None and producer_cpu_last is not None:
+                # The producer shares the load generator's core: their sum is that core's load.
+                now, sample = time.monotonic(), producer.sample()
+                cpu = 100 * (sample.cpu_seconds - producer_cpu_last.cpu_seconds) / (now - last)
+                message["producer_cpu"] = cpu
+                producer_cpu_last, last = sample, now
+                shared = f"  producer CPU {cpu:5.1f}%"
             progress.append(message)
             print(
                 f"  {label}: {message['elapsed']:5.1f}/{scenario.duration:g} s "
                 f"{message['snapshots_per_s']:>9,} snapshots/s  "
                 f"p99 {message['p99_us'] / 1000:7.2f} ms  client CPU {message['client_cpu']:5.1f}%"
-                f"  dropped {message['dropped']}",
+                f"{shared}  dropped {message['dropped']}",
                 flush=True,
             )
     end_sample = server.sample() if server else None
-    ticks_end = server.ticks() if server else None
+    stats_end = server.stats() if server else None
+    producer_end = await producer.count() if producer else None
+    producer_cpu_end = producer.sample() if producer else None
     elapsed = time.monotonic() - started
     loadgen.stdin.write(b"stop\n")
     await loadgen.stdin.drain()
@@ -278,24 +463,45 @@ async def _measure(
 
     result: dict[str, Any] = dict(message)
     result.pop("event")
+    if "timed" in result:
+        print(f"  {label}: {result['client']} client; timed {result['timed']['how']}", flush=True)
+    result["market"] = scenario.market if server is not None else "remote"
     result["clock"] = ready["clock"]
     result["loadgen_pid"] = ready["pid"]
     result["open_files_limit"] = ready["open_files_limit"]
-    result["client_saturated"] = result["client_cpu"] > SATURATED_CPU or any(
-        p["client_cpu"] > SATURATED_CPU for p in progress
+    if producer is not None:
+        assert producer_start and producer_end and producer_cpu_start and producer_cpu_end
+        assert producer.process is not None
+        result["producer_cpu"] = (
+            100 * (producer_cpu_end.cpu_seconds - producer_cpu_start.cpu_seconds) / elapsed
+        )
+        seconds = producer_end["seconds"] - producer_start["seconds"]
+        result["producer"] = {
+            "pid": producer.process.pid,
+            "command": producer_command(scenario),
+            "primed_ticks": producer.primed,
+            # its own count of the ticks it wrote in the window, on its own clock
+            "rate": _rate(
+                scenario.requested_rate, producer_end["ticks"] - producer_start["ticks"], seconds
+            ),
+            "lag_s": producer_end["behind"],
+        }
+    # The load generator's core: its own CPU, and the producer's when it shares that core.
+    result["client_saturated"] = result["client_cpu"] + result.get(
+        "producer_cpu", 0.0
+    ) > SATURATED_CPU or any(
+        p["client_cpu"] + p.get("producer_cpu", 0.0) > SATURATED_CPU for p in progress
     )
     if server is not None and start_sample and end_sample and baseline:
-        assert ticks_start is not None and ticks_end is not None
-        achieved = (ticks_end - ticks_start) / elapsed
-        requested = scenario.requested_rate
-        # Arrivals are Poisson: allow three standard deviations of the count on top of 1%.
-        noise = 3 * (requested * elapsed) ** 0.5 / elapsed
-        result["tick_rate"] = {
-            "requested": requested,
-            "achieved": achieved,
-            "ratio": achieved / requested,
-            "behind": achieved < BEHIND * requested - noise,
-        }
+        assert stats_start is not None and stats_end is not None
+        result["tick_rate"] = _rate(
+            scenario.requested_rate, ticks_of(stats_end) - ticks_of(stats_start), elapsed
+        )
+        if "market" in stats_end:  # ours: how often it folded, and what its source refused
+            result["folds_per_s"] = (
+                stats_end["market"]["batches"] - stats_start["market"]["batches"]
+            ) / elapsed
+            result["rejected"] = sum(s.get("ticks_rejected", 0) for s in stats_end["sources"])
         result["server_cpu"] = 100 * (end_sample.cpu_seconds - start_sample.cpu_seconds) / elapsed
         connections = scenario.clients + scenario.slow
         result["rss"] = {
@@ -309,14 +515,46 @@ async def _measure(
 
 
 def run_server(
-    spec: ServerSpec, scenario: Scenario, results_dir: Path, label: str
+    spec: ServerSpec,
+    scenario: Scenario,
+    results_dir: Path,
+    label: str,
+    client: str = "python",
+    timed: str | None = None,
 ) -> dict[str, Any]:
-    """Start `spec`, measure it under `scenario`, stop it; the figures, or the error."""
+    """Start `spec`, measure it under `scenario`, stop it; the figures, or the error.
+
+    External market: the server starts with a pipe as its stdin; once it listens, the producer
+    starts writing into that pipe (pinned to the load generator's core), and the load generator
+    starts once the server has folded the opening of the market. The producer is stopped first
+    at the end, then the server."""
     server_cpus, client_cpus = cores()
     server = Server(spec, scenario, results_dir / f"{label}-server.log")
+    producer = None
     pids: list[int] = []
+    read_fd = write_fd = -1
+    pipe_bytes = None
+    producer_exit = None
     try:
-        server.start(server_cpus)
+        if scenario.market == "external":
+            read_fd, write_fd = os.pipe()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            pipe_bytes = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+        server.start(server_cpus, stdin=read_fd if read_fd >= 0 else None)
+        if read_fd >= 0:
+            os.close(read_fd)
+            read_fd = -1
+        if write_fd >= 0:
+            producer = Producer(scenario, results_dir / f"{label}-producer.log")
+            producer.start(write_fd, client_cpus)
+            os.close(write_fd)
+            write_fd = -1
+            print(
+                f"  {label}: the producer primed the market with "
+                f"{producer.wait_primed(server):,} ticks",
+                flush=True,
+            )
         pids = server.pids()
         result = asyncio.run(
             drive(
@@ -326,18 +564,37 @@ def run_server(
                 client_cpus,
                 results_dir / f"{label}-loadgen.log",
                 label,
+                producer=producer,
+                client=client,
+                timed=timed,
             )
         )
     finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+        if producer is not None:
+            producer_exit = producer.stop()
         exit_code = server.stop()
     result["server"] = spec.name
     result["server_exit_code"] = exit_code
     result["server_pids"] = pids
     result["pinned"] = {"server": sorted(server_cpus or []), "client": sorted(client_cpus or [])}
+    if producer is not None:
+        result["producer"]["exit_code"] = producer_exit
+        result["producer"]["pipe_bytes"] = pipe_bytes
+        result["pinned"]["producer"] = sorted(client_cpus or [])
     return result
 
 
-def run_remote(url: str, scenario: Scenario, results_dir: Path, label: str) -> dict[str, Any]:
+def run_remote(
+    url: str,
+    scenario: Scenario,
+    results_dir: Path,
+    label: str,
+    client: str = "python",
+    timed: str | None = None,
+) -> dict[str, Any]:
     """Drive a server already running elsewhere (LAN mode): no CPU or memory figures."""
     _, client_cpus = cores()
     result = asyncio.run(
@@ -349,6 +606,8 @@ def run_remote(url: str, scenario: Scenario, results_dir: Path, label: str) -> d
             results_dir / f"{label}-loadgen.log",
             label,
             remote=True,
+            client=client,
+            timed=timed,
         )
     )
     result["server"] = "remote"

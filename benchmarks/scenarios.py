@@ -1,9 +1,16 @@
-"""The named benchmark scenarios: what market runs and who listens to it."""
+"""The named benchmark scenarios: what market runs, where it comes from, and who listens to it."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
+
+MarketMode = Literal["external", "internal"]
+MARKETS: tuple[MarketMode, ...] = ("external", "internal")
+"""external: one `feed simulate` process writes the ticks, each stamped (`ts`) as it is
+written, into a pipe that is every server's stdin; internal: each server runs the simulator in
+its own process and stamps each batch when the simulator yields it."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,11 @@ class Scenario:
     warmup: float = 2.0
     """Seconds between all clients being subscribed and the measured window."""
     seed: int = 42
+    market: MarketMode = "external"
+    """Where the ticks come from (see MARKETS)."""
+    idle: float = 1.5
+    """Seconds the server runs with no client before the load generator starts, to measure its
+    idle CPU (the market alone)."""
     feed_settings: tuple[str, ...] = ()
     """Extra `section.key=value` settings for our server (`--feed-set`), to measure a choice."""
 

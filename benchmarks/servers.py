@@ -1,8 +1,9 @@
 """The servers a benchmark can run: ours and the peers, each started the same way.
 
-Every server gets the same market (the same simulator, seed and rate), listens on a free port,
-prints `listening on ws://HOST:PORT/ws` when ready, answers `GET /stats` with its tick count, and
-stops on SIGTERM.
+Every server gets the same market, listens on a free port, prints `listening on ws://HOST:PORT/ws`
+when ready, answers `GET /stats` with its tick count, and stops on SIGTERM. The market is either
+external (the ticks as NDJSON on the server's stdin: ours `--source stdin`, the peers `--stdin`)
+or internal (the same simulator, seed and rate, run by each server itself), as the scenario says.
 """
 
 from __future__ import annotations
@@ -48,11 +49,15 @@ def _market(scenario: Scenario) -> list[str]:
 
 def _feed(scenario: Scenario) -> list[str]:
     grace = max(60.0, scenario.duration + scenario.warmup + 30)
-    settings = {
-        "simulator.seed": scenario.seed,
-        "simulator.burst_factor": scenario.burst_factor,
-        "simulator.burst_every": scenario.burst_every,
-        "simulator.burst_length": scenario.burst_length,
+    settings: dict[str, object] = {}
+    if scenario.market == "internal":
+        settings = {
+            "simulator.seed": scenario.seed,
+            "simulator.burst_factor": scenario.burst_factor,
+            "simulator.burst_every": scenario.burst_every,
+            "simulator.burst_length": scenario.burst_length,
+        }
+    settings |= {
         "limits.max_connections": scenario.clients + scenario.slow + 100,
         "limits.max_symbols_per_connection": max(1000, scenario.symbols),
         # The slow clients are to stay connected through the window: a grace longer than it.
@@ -60,7 +65,10 @@ def _feed(scenario: Scenario) -> list[str]:
         "websocket.ping_interval": grace,
     }
     command = [sys.executable, "-m", "feed", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--symbols", str(scenario.symbols), "--rate", str(scenario.rate)]
+    if scenario.market == "internal":
+        command += ["--symbols", str(scenario.symbols), "--rate", str(scenario.rate)]
+    else:
+        command += ["--source", "stdin"]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
     for assignment in scenario.feed_settings:
@@ -70,16 +78,12 @@ def _feed(scenario: Scenario) -> list[str]:
 
 def _peer(module: str) -> Callable[[Scenario], list[str]]:
     def build(scenario: Scenario) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            module,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *_market(scenario),
-        ]
+        market = (
+            _market(scenario)
+            if scenario.market == "internal"
+            else ["--symbols", str(scenario.symbols), "--stdin"]
+        )
+        return [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *market]
 
     return build
 
@@ -115,11 +119,11 @@ SERVERS: dict[str, ServerSpec] = {
     ),
     "node": ServerSpec(
         "node",
-        "Node ws, send per tick, skipped above 1 MiB buffered (ticks piped from feed simulate)",
+        "Node ws, send per tick, skipped above 1 MiB buffered",
         _peer("benchmarks.peers.node_peer"),
-        # Its market runs in a `feed simulate` process piped into node: that process counts as
-        # the server's, as the other servers pay for the same simulator inside their process.
-        # Only the idle wrapper is left out.
+        # Internal market: its simulator is a `feed simulate` process piped into node, which
+        # counts as the server's, as the other servers pay for the same simulator inside their
+        # process. Only the idle wrapper is left out.
         exclude=("benchmarks.peers.node_peer",),
         requires=_node_missing,
     ),

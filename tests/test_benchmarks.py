@@ -18,7 +18,7 @@ import pytest
 from benchmarks.servers import SERVERS
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--duration", "1", "--warmup", "0.3", "--no-plot"]
+TINY = ["--duration", "1", "--warmup", "0.3", "--idle", "0.5", "--no-plot"]
 SIZES = {
     "light": ["--clients", "10"],
     "fanout": ["--clients", "20"],
@@ -58,7 +58,7 @@ def run_benchmark(*args: str, out: Path) -> dict[str, Any]:
     return document
 
 
-def check_run(run: dict[str, Any], clients: int) -> None:
+def check_run(run: dict[str, Any], clients: int, market: str = "external") -> None:
     latency = run["latency_us"]
     assert latency["count"] > 0
     assert 0 <= latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"]
@@ -68,7 +68,19 @@ def check_run(run: dict[str, Any], clients: int) -> None:
     assert 0 < run["client_cpu"] < 200
     assert run["by_second"] and run["curve"]
     assert run["server_exit_code"] in (0, -15), "the server did not stop cleanly"
-    left = [pid for pid in [*run["server_pids"], run["loadgen_pid"]] if alive(pid)]
+    assert run["market"] == market
+    started = [*run["server_pids"], run["loadgen_pid"]]
+    if market == "external":
+        producer = run["producer"]
+        started.append(producer["pid"])
+        assert producer["exit_code"] in (0, -15), "the producer did not stop cleanly"
+        assert producer["primed_ticks"] > 0
+        assert producer["rate"]["achieved"] > 0 and producer["rate"]["requested"] > 0
+        assert run["producer_cpu"] > 0
+        assert producer["pid"] not in run["server_pids"], "the producer is not the server's"
+    else:
+        assert "producer" not in run and "producer_cpu" not in run
+    left = [pid for pid in started if alive(pid)]
     assert not left, f"processes left behind: {left}"
     rate = run["tick_rate"]
     assert rate["achieved"] > 0 and rate["requested"] > 0
@@ -101,6 +113,8 @@ def test_scenario_runs_against_every_server(scenario: str, tmp_path: Path) -> No
     ours = document["runs"]["feed"][0]
     assert ours["dropped"] == 0 and ours["slow_dropped"] == 0
     table = document["_stdout"]
+    assert document["market"] == "external"
+    assert f"scenario {scenario}, market external" in table and "producer%" in table
     for server in servers:
         assert f"\n{server} " in table
     if scenario == "connections":
@@ -109,6 +123,41 @@ def test_scenario_runs_against_every_server(scenario: str, tmp_path: Path) -> No
         catch_up = ours["slow_catch_up_ms"]
         assert len(catch_up) == 2 and all(ms is not None and ms >= 0 for ms in catch_up)
         assert "reached the newest seq" in table
+
+
+def test_internal_market_runs_against_every_server_and_says_so(tmp_path: Path) -> None:
+    """Each server simulates the market itself (today's mode before the external one), and
+    the report, printed or summarized, names the mode."""
+    servers = ["feed", *peers()]
+    document = run_benchmark(
+        "run",
+        "light",
+        "--market",
+        "internal",
+        "--vs",
+        ",".join(servers[1:]) or "none",
+        *TINY,
+        "--clients",
+        "5",
+        out=tmp_path,
+    )
+    assert not document["failures"]
+    assert document["market"] == document["scenario"]["market"] == "internal"
+    assert [s["server"] for s in document["summary"]] == servers
+    for server in servers:
+        (run,) = document["runs"][server]
+        check_run(run, 5, market="internal")
+    assert "scenario light, market internal" in document["_stdout"]
+    summary = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "summarize", str(tmp_path / "report.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "**light**, market internal" in summary.stdout
+    assert "| producer CPU % |" in summary.stdout
 
 
 def test_repeats_report_medians_and_plot(tmp_path: Path) -> None:
@@ -218,3 +267,126 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# -- the load generators: which clients are timed, the compiled client, a known delay --------
+
+
+def test_timed_clients_are_every_client_or_a_uniform_sample() -> None:
+    """The clients that time their snapshots are every client, or a seeded sample in which
+    every position of the subscription order is equally likely: never simply the first N."""
+    from benchmarks.loadgen import timed_clients
+
+    assert timed_clients(10, None, 1) == list(range(10))
+    assert timed_clients(10, 50, 1) == list(range(10))
+    assert timed_clients(10, 0, 1) == []
+    chosen = timed_clients(1000, 200, 42)
+    assert len(set(chosen)) == 200 and chosen == sorted(chosen)
+    assert chosen != list(range(200)) and max(chosen) >= 900
+    assert chosen == timed_clients(1000, 200, 42) and chosen != timed_clients(1000, 200, 43)
+    # Over many seeds each tenth of the subscription order holds a tenth of the sample: 6,000
+    # of 60,000 draws, with a standard deviation of about 66.
+    tenths = [0] * 10
+    for seed in range(300):
+        for index in timed_clients(1000, 200, seed):
+            tenths[index // 100] += 1
+    assert all(abs(count - 6000) < 400 for count in tenths), tenths
+    with pytest.raises(ValueError, match="0 or more"):
+        timed_clients(10, -1, 1)
+
+
+def test_every_client_is_timed_by_default(tmp_path: Path) -> None:
+    document = run_benchmark("run", "light", "--vs", "none", *TINY, "--clients", "10", out=tmp_path)
+    (run,) = document["runs"]["feed"]
+    check_run(run, 10)
+    timed = run["timed"]
+    assert run["client"] == "python" and document["client"] == "python"
+    assert timed["mode"] == "all" and timed["clients"] == timed["of"] == 10
+    assert timed["with_samples"] == 10, "every client's snapshots are in the figures"
+    assert run["cpu_us_per_frame"] > 0
+    assert "python client; timed every client (10)" in document["_stdout"]
+
+
+def test_a_sample_of_clients_is_spread_over_the_subscription_order(tmp_path: Path) -> None:
+    from benchmarks.loadgen import timed_clients
+
+    document = run_benchmark(
+        "run", "light", "--vs", "none", *TINY, "--clients", "12", "--timed", "4", out=tmp_path
+    )
+    (run,) = document["runs"]["feed"]
+    timed = run["timed"]
+    assert timed["mode"] == "sample" and timed["clients"] == 4 and timed["of"] == 12
+    assert timed["indices"] == timed_clients(12, 4, document["scenario"]["seed"])
+    assert timed["indices"] != [0, 1, 2, 3]
+    assert timed["with_samples"] == 4
+    assert "timed a seeded uniform sample of 4 of 12 clients (seed 42)" in document["_stdout"]
+
+
+def test_the_c_client_builds_and_measures_our_feed(tmp_path: Path) -> None:
+    """`--client c`: gcc builds benchmarks/cclient/loadgen.c on first use; it subscribes the
+    same clients to the same symbols and reports the same figures as the Python client."""
+    from benchmarks.cclient import build
+
+    binary = build(tmp_path / "build")
+    assert os.access(binary, os.X_OK) and build(tmp_path / "build") == binary
+    document = run_benchmark(
+        "run", "light", "--vs", "none", *TINY, "--clients", "10", "--client", "c", out=tmp_path
+    )
+    assert not document["failures"] and document["client"] == "c"
+    (run,) = document["runs"]["feed"]
+    check_run(run, 10)
+    assert run["client"] == "c"
+    assert run["timed"]["with_samples"] == 10
+    assert run["unparsed_snapshots"] == 0 and run["fragmented_frames"] == 0
+    assert run["ticks_per_snapshot"] >= 1.0
+    assert "c client; timed every client (10)" in document["_stdout"]
+
+
+def test_both_clients_report_a_known_delay(tmp_path: Path) -> None:
+    """A server stamps each frame's ts 20 ms before writing it: each client must report at
+    least 20 ms (and not, say, a thousand times that: a unit error)."""
+    from benchmarks.cclient.delay import check
+
+    delay_us = 20_000
+    results = check(delay_us, clients=5, per_client=3, duration=1.0, warmup=0.3, out=tmp_path)
+    assert set(results) == {"python", "c"}
+    for kind, run in results.items():
+        latency = run["latency_us"]
+        assert latency["count"] > 0, kind
+        assert latency["min"] >= delay_us and latency["p50"] >= delay_us, (kind, latency)
+        assert latency["p50"] < delay_us + 1_000_000, (kind, latency)
+        assert run["timed"]["with_samples"] == 5 and run["client"] == kind
+
+
+def test_auto_times_a_sample_only_when_timing_every_client_loads_the_generator() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from benchmarks.loadgen import AUTO_SAMPLE_CPU, FeedClient, choose_timed, sample_size
+
+    def clients(count: int) -> list[FeedClient]:
+        return cast(list[FeedClient], [SimpleNamespace(timed=True) for _ in range(count)])
+
+    light = choose_timed(clients(1000), "auto", AUTO_SAMPLE_CPU - 1, seed=42)
+    assert light["mode"] == "all" and light["clients"] == 1000 and light["seed"] is None
+    many = clients(1000)
+    busy = choose_timed(many, "auto", AUTO_SAMPLE_CPU + 1, seed=42)
+    assert busy["mode"] == "sample" and busy["clients"] == sample_size(1000) == 200
+    assert busy["indices"] == [i for i, client in enumerate(many) if client.timed]
+    assert "took" in busy["how"] and busy["seed"] == 42
+    assert sample_size(10_000) == 2000 and sample_size(50) == 50
+    asked = choose_timed(clients(1000), "all", 99.0, seed=42)
+    assert asked["mode"] == "all", "--timed all is never sampled"
+
+
+def test_the_c_client_refuses_what_it_cannot_do() -> None:
+    command = [sys.executable, "-m", "benchmarks.cclient", "--url", "ws://127.0.0.1:9/ws"]
+    done = subprocess.run(
+        [*command, "--clients", "1", "--per-client", "1", "--slow", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "no never-reading clients" in done.stderr

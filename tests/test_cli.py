@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from feed.ticks import from_ndjson
+from simulators import symbol_names
 
 ROOT = Path(__file__).resolve().parent.parent
 FEED = [sys.executable, "-m", "feed"]
@@ -163,3 +165,67 @@ def test_simulate_stops_quietly_when_the_reader_goes_away() -> None:
     )
     assert len(pipeline.stdout.splitlines()) == 3
     assert "Traceback" not in pipeline.stderr
+
+
+def _without_ts(lines: list[bytes]) -> list[dict[str, object]]:
+    return [{k: v for k, v in orjson.loads(line).items() if k != "ts"} for line in lines]
+
+
+def test_simulate_primes_with_the_start_of_the_same_market_grouped_by_symbol() -> None:
+    """--prime: the market from its start until every symbol has ticked, each symbol's ticks
+    in order and the symbols first seen in symbol order; then the stream carries on from there
+    (the same ticks as without --prime, ts aside)."""
+    args = ("--symbols", "20", "--rate", "2000", "--seed", "3", "--fast")
+    done = subprocess.run(
+        [*FEED, "simulate", *args, "--duration", "0.5", "--prime"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    report = orjson.loads(done.stderr.splitlines()[0])
+    assert report["symbols"] == report["of"] == 20
+    primed = report["primed"]
+    lines = done.stdout.splitlines()
+    plain = simulate(*args, "--duration", "10").splitlines()
+    assert len(plain) > len(lines) > primed > 0
+    order = list(symbol_names(20)).index
+    opening = _without_ts(lines[:primed])
+    symbols = [str(tick["symbol"]) for tick in opening]
+    assert symbols == sorted(symbols, key=order) and len(set(symbols)) == 20
+    by_symbol = sorted(_without_ts(plain[:primed]), key=lambda tick: order(str(tick["symbol"])))
+    assert opening == by_symbol  # sorted() is stable: each symbol's ticks keep their order
+    assert _without_ts(lines[primed:]) == _without_ts(plain[primed : len(lines)])
+
+
+async def test_simulate_stamps_ticks_as_written_and_reports_its_count_on_sigusr1() -> None:
+    process = await asyncio.create_subprocess_exec(
+        *FEED,
+        "simulate",
+        "--rate",
+        "2000",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            read = 0
+            stamps = set()
+            while read < 500:
+                line = await process.stdout.readline()
+                now = time.time_ns()
+                ts = orjson.loads(line)["ts"]
+                assert ts <= now  # stamped before it was written, by the same clock
+                stamps.add(ts)
+                read += 1
+            assert len(stamps) > 1  # a stamp per batch, not one for the run
+            process.send_signal(signal.SIGUSR1)
+            report = orjson.loads(await process.stderr.readline())
+        assert set(report) == {"ticks", "seconds", "requested_rate", "behind"}
+        assert report["ticks"] >= read and report["seconds"] > 0
+        assert report["requested_rate"] == pytest.approx(2000)
+    finally:
+        process.kill()
+        await process.communicate()

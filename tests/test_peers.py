@@ -25,7 +25,8 @@ from benchmarks.peers.fold import Book, empty_snapshot
 from benchmarks.peers.node_peer import NODE_DIR, missing
 from feed.coalescer import SNAPSHOT_FIELDS, Coalescer
 from feed.symbols import SymbolTable
-from simulators import SimulatorSettings, TickSimulator
+from feed.ticks import to_ndjson
+from simulators import SimulatorSettings, TickSimulator, symbol_names
 from tests.conftest import recv, recv_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,16 @@ MARKET = ["--symbols", "10", "--rate", "500"]
 START_TIMEOUT = 20.0  # generous: a cold start imports numpy and aiohttp
 STOP_TIMEOUT = 5.0
 CLOCK_SLACK_NS = 20_000_000  # a pong's ts may lie this far outside our send..receive window
+
+
+def assert_same_state(got: dict[str, object], want: dict[str, object]) -> None:
+    """Snapshots equal field for field, in order; vwap to rounding (summed in another order)."""
+    assert tuple(got) == SNAPSHOT_FIELDS
+    if want["vwap"] is None:
+        assert got["vwap"] is None
+    else:
+        assert got["vwap"] == pytest.approx(want["vwap"], rel=1e-12)
+    assert got | {"vwap": None} == want | {"vwap": None}
 
 
 def test_fold_agrees_with_the_coalescer() -> None:
@@ -51,12 +62,7 @@ def test_fold_agrees_with_the_coalescer() -> None:
     expected = coalescer.snapshots(list(range(len(sim.symbols))))
     assert any(s["trades"] == 0 for s in expected), "want some symbols never traded"
     for got, want in zip(book.snapshots, expected, strict=True):
-        assert tuple(got) == SNAPSHOT_FIELDS
-        if want["vwap"] is None:
-            assert got["vwap"] is None
-        else:
-            assert got["vwap"] == pytest.approx(want["vwap"], rel=1e-12)
-        assert got | {"vwap": None} == want | {"vwap": None}
+        assert_same_state(got, want)
 
 
 def test_answer_takes_known_symbols_once_and_gives_back_what_was_held() -> None:
@@ -110,10 +116,10 @@ def peer(request: pytest.FixtureRequest) -> str:
     return name
 
 
-async def _start(name: str) -> tuple[Process, int]:
+async def _start(name: str, *args: str, stdin: int | None = None) -> tuple[Process, int]:
     """Start the peer on a free port; return it and the port it announced."""
-    command = [sys.executable, "-m", f"benchmarks.peers.{name}", "--port", "0", *MARKET]
-    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stderr=PIPE)
+    command = [sys.executable, "-m", f"benchmarks.peers.{name}", "--port", "0", *MARKET, *args]
+    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stderr=PIPE, stdin=stdin)
     assert process.stderr is not None
     try:
         line = await asyncio.wait_for(process.stderr.readline(), START_TIMEOUT)
@@ -181,5 +187,105 @@ async def test_peer_serves_the_protocol_subset_and_stops_on_sigterm(peer: str) -
             assert ws.close_code == 1001
         _, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
         assert process.returncode == 0, err.decode()
+    finally:
+        await _kill(process)
+
+
+@pytest.mark.timeout(30)
+async def test_peer_folds_ndjson_from_stdin_one_tick_at_a_time(peer: str) -> None:
+    """`--stdin`: the ticks of a known NDJSON stream (a line that is not JSON among them) each
+    give their symbol's subscribers one update, with the tick's own ts; the last state is what
+    the Coalescer folds from the same ticks, and it is still served after the end of input."""
+    names = list(symbol_names(10))
+    sim = TickSimulator(SimulatorSettings(symbols=10, rate=20_000.0, seed=11))
+    parts, count = [], 0
+    while count < 200:  # under the naive hub's queue of 256, which drops a client past it
+        part = sim.next_batch()
+        part["ts"] = np.arange(count + 1, count + 1 + len(part))  # exact even as JS doubles
+        parts.append(part)
+        count += len(part)
+    ticks = np.concatenate(parts)
+    coalescer = Coalescer(SymbolTable(names))
+    coalescer.apply(ticks)
+    expected = coalescer.snapshots(list(range(len(names))))
+    text = b"not a tick\n" + to_ndjson(ticks, names)
+
+    process, port = await _start(peer, "--stdin", stdin=PIPE)
+    assert process.stdin is not None
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send_json({"op": "subscribe", "symbols": names, "id": 1})
+                assert (await recv(ws))["type"] == "subscribed"
+                assert [s["seq"] for s in (await recv(ws))["data"]] == [0] * len(names)
+                # In two writes, the first ending mid-line: lines are joined across reads.
+                cut = len(text) // 2 + 7
+                for piece in (text[:cut], text[cut:]):
+                    process.stdin.write(piece)
+                    await process.stdin.drain()
+                process.stdin.close()
+                updates = []
+                for _ in range(len(ticks)):
+                    frame = await recv_until(ws, lambda f: f["type"] == "update")
+                    [state] = frame["data"]
+                    updates.append((state["symbol"], state["seq"], state["ts"]))
+                    last = state
+            # One update per tick, in the stream's order, each with that tick's ts and seq.
+            seqs: dict[str, int] = {}
+            want = []
+            for sym, ts in zip(ticks["sym"].tolist(), ticks["ts"].tolist(), strict=True):
+                seqs[names[sym]] = seqs.get(names[sym], 0) + 1
+                want.append((names[sym], seqs[names[sym]], ts))
+            assert updates == want
+            assert_same_state(last, expected[names.index(last["symbol"])])
+            # After the end of input the last state is still served to a new subscriber.
+            async with session.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send_json({"op": "subscribe", "symbols": names, "id": 2})
+                assert (await recv(ws))["type"] == "subscribed"
+                snapshot = await recv(ws)
+                for got, want_state in zip(snapshot["data"], expected, strict=True):
+                    assert_same_state(got, want_state)
+            async with session.get(f"http://127.0.0.1:{port}/stats") as response:
+                assert (await response.json())["ticks"] == len(ticks)
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT)
+        assert process.returncode == 0, err.decode()
+        assert "stdin line 1 skipped" in err.decode()
+        assert "end of ticks on stdin" in err.decode()
+    finally:
+        await _kill(process)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["naive_hub", "broadcast"])
+async def test_python_peer_reads_a_regular_file_on_stdin(name: str, tmp_path: Path) -> None:
+    """A file on stdin (which uvloop's pipe transport refuses) is read all the same, by a
+    thread: at the end of input the peer serves the state the file folds to."""
+    if name == "broadcast" and importlib.util.find_spec("websockets") is None:
+        pytest.skip("websockets is not installed (it is not in the `test` extra)")
+    names = list(symbol_names(10))
+    sim = TickSimulator(SimulatorSettings(symbols=10, rate=20_000.0, seed=5))
+    ticks = np.concatenate([sim.next_batch() for _ in range(50)])
+    ticks["ts"] = np.arange(1, len(ticks) + 1)
+    coalescer = Coalescer(SymbolTable(names))
+    coalescer.apply(ticks)
+    path = tmp_path / "ticks.ndjson"
+    path.write_bytes(to_ndjson(ticks, names))
+    with path.open("rb") as file:
+        process, port = await _start(name, "--stdin", stdin=file.fileno())
+    assert process.stderr is not None
+    try:
+        line = await asyncio.wait_for(process.stderr.readline(), START_TIMEOUT)
+        assert line.startswith(b"end of ticks on stdin"), line
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws,
+        ):
+            await ws.send_json({"op": "subscribe", "symbols": names})
+            assert (await recv(ws))["type"] == "subscribed"
+            snapshot = await recv(ws)
+        expected = coalescer.snapshots(list(range(len(names))))
+        for got, want in zip(snapshot["data"], expected, strict=True):
+            assert_same_state(got, want)
     finally:
         await _kill(process)

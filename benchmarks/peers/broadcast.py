@@ -11,13 +11,14 @@ without bound, and the connection stays open. The library's keepalive does not e
 waits for that same buffer to drain (websockets 17.4), so it is never sent.
 
     python -m benchmarks.peers.broadcast --port 0 --symbols 100 --rate 2000
+    python -m feed simulate --symbols 100 --rate 2000 | python -m benchmarks.peers.broadcast \
+        --port 0 --symbols 100 --stdin
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,7 +30,6 @@ from websockets.http11 import Request, Response
 
 from benchmarks.peers import common
 from benchmarks.peers.fold import Book
-from simulators import TickSimulator
 
 CLOSE_TIMEOUT = 2.0  # seconds a client has to answer our close frame (library default: 10)
 
@@ -69,20 +69,21 @@ class Peer:
         response.headers["Content-Type"] = "application/json"
         return response
 
-    async def produce(self, sim: TickSimulator) -> None:
+    async def produce(self, market: common.Market) -> None:
         """Fold every tick and broadcast its frame to the subscribers of its symbol."""
         fold, subscribers = self.book.fold, self.registry.subscribers
-        async for batch in sim.stream():
-            for tick in batch.tolist():
+        async for batch in market.batches(self.book):
+            for tick in batch:
                 snapshot = fold(*tick)
                 connections = subscribers[tick[0]]
                 if connections:
                     websockets.broadcast(connections, common.update_frame(snapshot), text=True)
 
 
-async def _run(args: argparse.Namespace, sim: TickSimulator) -> None:
-    """Serve until SIGINT or SIGTERM; closing the server closes every client with 1001."""
-    peer = Peer(Book(sim.symbols))
+async def _run(args: argparse.Namespace, market: common.Market) -> None:
+    """Serve until SIGINT or SIGTERM (the end of the market's input does not stop it); closing
+    the server closes every client with 1001."""
+    peer = Peer(Book(market.symbols))
     async with serve(
         peer.handler,
         args.host,
@@ -93,19 +94,14 @@ async def _run(args: argparse.Namespace, sim: TickSimulator) -> None:
         backlog=1024,
     ) as server:
         try:
-            producer = asyncio.create_task(peer.produce(sim))
+            producer = asyncio.create_task(peer.produce(market))
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             host, port = next(iter(server.sockets)).getsockname()[:2]
             common.announce(host, port)
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait((producer, stopping), return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer  # re-raises the producer's failure, if that is why we stopped
+            await common.until_stopped(producer, stop)
         finally:
             await _close(server)
 

@@ -9,6 +9,8 @@ Slow client: once its queue is full, the producer drops it: it is unsubscribed a
 with 4008 (given 10 s, like gorilla's write deadline, then aborted) and counted in `dropped`.
 
     python -m benchmarks.peers.naive_hub --port 0 --symbols 100 --rate 2000
+    python -m feed simulate --symbols 100 --rate 2000 | python -m benchmarks.peers.naive_hub \
+        --port 0 --symbols 100 --stdin
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from aiohttp import WSMsgType, web
 
 from benchmarks.peers import common
 from benchmarks.peers.fold import Book
-from simulators import TickSimulator
 
 QUEUE_SIZE: Final = 256
 CLOSE_TIMEOUT: Final = 10.0  # seconds a dropped client's close may take before we abort it
@@ -91,11 +92,11 @@ class Hub:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def produce(self, sim: TickSimulator) -> None:
+    async def produce(self, market: common.Market) -> None:
         """Fold every tick and queue its frame to each subscriber of its symbol."""
         fold, subscribers = self.book.fold, self.registry.subscribers
-        async for batch in sim.stream():
-            for tick in batch.tolist():
+        async for batch in market.batches(self.book):
+            for tick in batch:
                 snapshot = fold(*tick)
                 clients = subscribers[tick[0]]
                 if not clients:
@@ -159,9 +160,9 @@ async def stats(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-async def serve(args: argparse.Namespace, sim: TickSimulator) -> None:
-    """Serve until SIGINT or SIGTERM."""
-    hub = Hub(Book(sim.symbols))
+async def serve(args: argparse.Namespace, market: common.Market) -> None:
+    """Serve until SIGINT or SIGTERM (the end of the market's input does not stop it)."""
+    hub = Hub(Book(market.symbols))
     app = web.Application()
     app[HUB] = hub
     app.router.add_get("/ws", websocket)
@@ -170,19 +171,14 @@ async def serve(args: argparse.Namespace, sim: TickSimulator) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
-        producer = asyncio.create_task(hub.produce(sim))
+        producer = asyncio.create_task(hub.produce(market))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         host, port = runner.addresses[0][:2]
         common.announce(host, port)
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait((producer, stopping), return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await producer  # re-raises the producer's failure, if that is why we stopped
+        await common.until_stopped(producer, stop)
         await hub.close_all()
     finally:
         await runner.cleanup()

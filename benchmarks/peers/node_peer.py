@@ -1,11 +1,14 @@
 """Peer 3, Node's `ws`, behind the command line the Python peers share.
 
 Starts `node node/server.js` and, once it listens, `python -m feed simulate ...` piped into its
-stdin (the same market as the other peers, as NDJSON). Prints node's `listening on ...` line on
-stderr. SIGTERM or SIGINT is forwarded to both; exits 0 when node stopped cleanly, 1 when either
+stdin (the same market as the other peers, as NDJSON); with `--stdin`, node reads our own
+standard input instead and no simulator runs. Prints node's `listening on ...` line on stderr.
+SIGTERM or SIGINT is forwarded to both; exits 0 when node stopped cleanly, 1 when either
 process failed on its own, 3 when node or its `ws` package is missing.
 
     python -m benchmarks.peers.node_peer --port 0 --symbols 100 --rate 2000
+    python -m feed simulate --symbols 100 --rate 2000 | python -m benchmarks.peers.node_peer \
+        --port 0 --symbols 100 --stdin
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ async def run(args: argparse.Namespace, symbols_file: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    read_fd, write_fd = os.pipe()
+    # --stdin: node inherits our standard input; else a pipe from the simulator started below.
+    read_fd, write_fd = (-1, -1) if args.stdin else os.pipe()
     node: Process | None = None
     sim: Process | None = None
     tasks: list[asyncio.Task[object]] = []
@@ -99,12 +103,13 @@ async def run(args: argparse.Namespace, symbols_file: str) -> int:
             f"--host={args.host}",
             f"--port={args.port}",
             f"--symbols-file={symbols_file}",
-            stdin=read_fd,
+            stdin=None if args.stdin else read_fd,
             stdout=PIPE,
             preexec_fn=PREEXEC,
         )
-        os.close(read_fd)
-        read_fd = -1
+        if read_fd >= 0:
+            os.close(read_fd)
+            read_fd = -1
         assert node.stdout is not None
         stopping = asyncio.create_task(stop.wait())
         node_done = asyncio.create_task(node.wait())
@@ -120,28 +125,31 @@ async def run(args: argparse.Namespace, symbols_file: str) -> int:
             return 1
         line = ready.result()
         os.unlink(symbols_file)  # node has read it
-        sim = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "feed",
-            "simulate",
-            *common.market_args(args),
-            stdout=write_fd,
-            preexec_fn=PREEXEC,
-        )
-        os.close(write_fd)
-        write_fd = -1
+        watched = [stopping, node_done]
+        if not args.stdin:
+            sim = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "feed",
+                "simulate",
+                *common.market_args(args),
+                stdout=write_fd,
+                preexec_fn=PREEXEC,
+            )
+            os.close(write_fd)
+            write_fd = -1
+            watched.append(asyncio.create_task(sim.wait()))
         sys.stderr.buffer.write(line)
         sys.stderr.flush()
-        sim_done = asyncio.create_task(sim.wait())
-        tasks += [sim_done, asyncio.create_task(_relay(node.stdout))]
-        await _first(stopping, node_done, sim_done)
+        tasks += [*watched[2:], asyncio.create_task(_relay(node.stdout))]
+        await _first(*watched)
         if stop.is_set():
             await asyncio.gather(_stop(node), _stop(sim))
             return 0 if node.returncode in (0, -signal.SIGTERM) else 1
         if node_done.done():
             _say(f"node exited on its own (exit code {node.returncode})")
         else:
+            assert sim is not None
             _say(f"the tick simulator exited on its own (exit code {sim.returncode})")
         return 1
     except TimeoutError:

@@ -4,7 +4,9 @@
 //
 //   python -m feed simulate --symbols 10 --rate 500 | node server.js --port 0 [--symbols-file F]
 //
-// Ticks are NDJSON on stdin (feed/ticks.py `to_ndjson`). --symbols-file is a JSON list of every
+// Ticks are NDJSON on stdin (feed/ticks.py `to_ndjson`), folded and fanned out one line at a
+// time as each chunk arrives, each with its own `ts` (stamped here if it has none); a line that
+// is not JSON is skipped (the first few named on stderr). --symbols-file is a JSON list of every
 // symbol, so that symbols that have not ticked yet can be subscribed to; without it, symbols are
 // learned from the ticks. Prints `listening on ws://HOST:PORT/ws` on stdout once ready,
 // diagnostics on stderr. GET /stats answers {"ticks","connections","dropped","skipped"}.
@@ -92,7 +94,8 @@ function fold(t) {
   ticks++;
   const s = e.snap;
   s.seq++;
-  s.ts = t.ts; // a double: ns timestamps lose their last ~8 bits (<= 128 ns) through JSON.parse
+  // a double: ns timestamps lose their last ~8 bits (<= 128 ns) through JSON.parse
+  s.ts = t.ts !== undefined ? t.ts : Number(wallNs());
   if (t.type === 'quote') {
     s.bid = t.bid;
     s.ask = t.ask;
@@ -122,18 +125,39 @@ function fold(t) {
 }
 
 let pending = '';
+let lines = 0;
+let badLines = 0;
+function line(text) {
+  lines++;
+  let tick;
+  try {
+    tick = JSON.parse(text);
+  } catch (err) {
+    tick = err.message;
+  }
+  if (tick === null || typeof tick !== 'object') {
+    if (++badLines <= 5) process.stderr.write(`server.js: stdin line ${lines} skipped: ${tick}\n`);
+    return;
+  }
+  fold(tick);
+}
 process.stdin.setEncoding('utf8');
 process.stdin.on('data', (chunk) => {
   const text = pending + chunk;
   let start = 0;
   let end;
   while ((end = text.indexOf('\n', start)) !== -1) {
-    if (end > start) fold(JSON.parse(text.slice(start, end)));
+    if (end > start) line(text.slice(start, end));
+    else lines++;
     start = end + 1;
   }
   pending = text.slice(start);
 });
-process.stdin.on('end', () => process.stderr.write('server.js: end of ticks on stdin\n'));
+process.stdin.on('end', () => {
+  if (pending.trim()) line(pending);
+  pending = '';
+  process.stderr.write(`server.js: end of ticks on stdin: ${lines} lines, ${badLines} skipped\n`);
+});
 
 // -- control protocol (the subset in ../README.md)
 function error(code, message, id) {
