@@ -433,12 +433,17 @@ def choose_timed(
             f"warm-up, above {AUTO_SAMPLE_CPU:.0f}%"
         )
     elif len(chosen) == total:
-        how = f"every client ({total})" + (
-            f"; the warm-up took {warmup_cpu:.0f}% of the generator's core, at most "
-            f"{AUTO_SAMPLE_CPU:.0f}%"
-            if timed == "auto"
-            else ""
-        )
+        how = f"every client ({total})"
+        if timed == "auto" and warmup_cpu > AUTO_SAMPLE_CPU:
+            how += (
+                f"; the warm-up took {warmup_cpu:.0f}% of the generator's core, above "
+                f"{AUTO_SAMPLE_CPU:.0f}%, but a sample would hold at least {AUTO_SAMPLE} of them"
+            )
+        elif timed == "auto":
+            how += (
+                f"; the warm-up took {warmup_cpu:.0f}% of the generator's core, at most "
+                f"{AUTO_SAMPLE_CPU:.0f}%"
+            )
     elif not chosen:
         how = f"no client: the {total} clients only count what they receive"
     else:

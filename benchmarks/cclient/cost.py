@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cclient.cost", description=__doc__)
     parser.parse_args(argv)
     print("Python load generator, CPU per frame (no sockets), µs")
-    print(f"{'shape':<36}{'counted':>9}{'timed':>9}")
+    print(f"{'shape':<42}{'counted':>9}{'timed':>9}")
     for snapshots, frames in ((1, 1), (3, 1), (1, 4)):
         best = asyncio.run(measure(snapshots, frames))
         shape = f"{snapshots} snapshot(s) a frame, {frames} frame(s) a read"
-        print(f"{shape:<36}{best['counted']:>9.2f}{best['timed']:>9.2f}")
+        print(f"{shape:<42}{best['counted']:>9.2f}{best['timed']:>9.2f}")
     return 0
 
 
