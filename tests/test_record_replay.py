@@ -18,22 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
+from feed.coalescer import SNAPSHOT_FIELDS
 from tests.test_stdin import FEED, ROOT, Served, serve, simulate
 
-SNAPSHOT_KEYS = (
-    "seq",
-    "last",
-    "last_size",
-    "bid",
-    "ask",
-    "bid_size",
-    "ask_size",
-    "open",
-    "high",
-    "low",
-    "volume",
-    "trades",
-)
+SNAPSHOT_KEYS = tuple(f for f in SNAPSHOT_FIELDS if f not in ("symbol", "ts", "vwap"))
 """Every snapshot field but symbol, ts (replayed ticks are stamped anew) and vwap (a float
 sum, folded in other batches: equal to rounding)."""
 

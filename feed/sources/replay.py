@@ -38,9 +38,16 @@ import numpy as np
 
 from feed import tickparse
 from feed.config import Config, ConfigError, key, non_negative
-from feed.sources.base import BaseSource, Ingest, SourceState
+from feed.sources.base import Ingest, SourceState
 from feed.sources.registry import SourceKind, register
-from feed.sources.stdin import LineSplitter, RejectLog, interner, runs, with_too_long
+from feed.sources.stdin import (
+    LineSource,
+    LineSplitter,
+    RejectLog,
+    interner,
+    runs,
+    with_too_long,
+)
 from feed.tickparse import Intern, Reject
 
 log = logging.getLogger(__name__)
@@ -276,7 +283,7 @@ class ReplayClock:
 # -- the source -------------------------------------------------------------------------------
 
 
-class ReplaySource(BaseSource):
+class ReplaySource(LineSource):
     """Plays one recording, paced or not, once or in a loop."""
 
     kind = "replay"
@@ -384,15 +391,6 @@ class ReplaySource(BaseSource):
                 await asyncio.sleep(0)
             else:
                 await asyncio.sleep((float(due[done]) - now) / 1e9)
-
-    def _reject(self, rejects: list[Reject]) -> None:
-        if rejects:
-            self.rejected(len(rejects))
-            self.rejects.add(rejects)
-
-    def check(self, now: float) -> None:
-        super().check(now)
-        self.rejects.tick(now)
 
     def describe(self) -> str:
         pace = "unpaced" if self.speed == 0 else f"speed {self.speed:g}x"

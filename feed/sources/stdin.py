@@ -343,7 +343,23 @@ async def open_input(fd: int) -> _Input | None:
 # -- the source -------------------------------------------------------------------------------
 
 
-class StdinSource(BaseSource):
+class LineSource(BaseSource):
+    """What the sources of NDJSON lines (stdin, replay) share: rejects counted and logged, a
+    few lines per window (`RejectLog`)."""
+
+    rejects: RejectLog
+
+    def _reject(self, rejects: list[Reject]) -> None:
+        if rejects:
+            self.rejected(len(rejects))
+            self.rejects.add(rejects)
+
+    def check(self, now: float) -> None:
+        super().check(now)
+        self.rejects.tick(now)
+
+
+class StdinSource(LineSource):
     """NDJSON ticks from a file descriptor (standard input unless told otherwise)."""
 
     kind = "stdin"
@@ -399,15 +415,6 @@ class StdinSource(BaseSource):
             batch, rejects = tickparse.parse_lines(lines, intern, time.time_ns(), first)
             self._reject(with_too_long(rejects, too_long, limit, "stdin.max_line"))
             self.emit(batch)
-
-    def _reject(self, rejects: list[Reject]) -> None:
-        if rejects:
-            self.rejected(len(rejects))
-            self.rejects.add(rejects)
-
-    def check(self, now: float) -> None:
-        super().check(now)
-        self.rejects.tick(now)
 
     def describe(self) -> str:
         stale = f", stale after {self.stale_after:g} s" if self.stale_after else ""
