@@ -92,6 +92,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "ratio": _median([rate["ratio"] for rate in rates]),
             "behind": any(rate["behind"] for rate in rates),
         }
+    if "gc" in first:
+        summary["gc_percent"] = _median([run["gc"]["percent"] for run in runs])
+        summary["gc_collections"] = [
+            _median([run["gc"]["collections"][g] for run in runs]) for g in range(3)
+        ]
     if "rss" in first:
         summary["rss"] = {key: _median([run["rss"][key] for run in runs]) for key in first["rss"]}
     summary["clock"] = first["clock"]
@@ -291,6 +296,12 @@ def markdown(document: dict[str, Any]) -> str:
             extra.append(
                 f"`{s['server']}`: never-reading clients caught up "
                 + ("never (or were dropped)" if value is None else f"in {value:.1f} ms")
+            )
+        if s.get("gc_percent") is not None:
+            young, middle, full = s["gc_collections"]
+            extra.append(
+                f"`{s['server']}`: the cyclic GC held the process {s['gc_percent']:.2f}% of the "
+                f"window ({young:g}/{middle:g}/{full:g} collections of generation 0/1/2)"
             )
         rss = s.get("rss")
         if rss and scenario["name"] == "connections":

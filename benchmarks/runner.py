@@ -502,6 +502,8 @@ async def _measure(
                 stats_end["market"]["batches"] - stats_start["market"]["batches"]
             ) / elapsed
             result["rejected"] = sum(s.get("ticks_rejected", 0) for s in stats_end["sources"])
+        if "gc" in stats_end:  # ours: what the cyclic collector cost inside the window
+            result["gc"] = gc_window(stats_start["gc"], stats_end["gc"], elapsed)
         result["server_cpu"] = 100 * (end_sample.cpu_seconds - start_sample.cpu_seconds) / elapsed
         connections = scenario.clients + scenario.slow
         result["rss"] = {
@@ -512,6 +514,19 @@ async def _measure(
             "per_connection": (start_sample.rss_bytes - baseline.rss_bytes) / max(1, connections),
         }
     return result
+
+
+def gc_window(start: dict[str, Any], end: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """The collections of each generation between two `/stats` readings, and the share of the
+    window they held the process (in % of the wall clock)."""
+    collections = [b - a for a, b in zip(start["collections"], end["collections"], strict=True)]
+    seconds = [b - a for a, b in zip(start["seconds"], end["seconds"], strict=True)]
+    return {
+        "collections": collections,
+        "ms": [round(1000 * s, 3) for s in seconds],
+        "percent": round(100 * sum(seconds) / elapsed, 3) if elapsed > 0 else 0.0,
+        "frozen_objects": end.get("frozen_objects", 0),
+    }
 
 
 def run_server(

@@ -42,9 +42,13 @@ _ROW = (
     "seq", "ts", "last", "last_size", "bid", "ask", "bid_size", "ask_size",
     "open", "high", "low", "volume", "notional", "trades",
 )  # fmt: skip
-"""A symbol's state as a Python list, in this order (see `Coalescer._rows`)."""
+"""The columns of a symbol's state, in the order `_snapshot` takes them."""
 _SEQ, _TS, _LAST, _LAST_SIZE, _BID, _ASK, _BID_SIZE, _ASK_SIZE = range(8)
 _OPEN, _HIGH, _LOW, _VOLUME, _NOTIONAL, _TRADES = range(8, 14)
+_ROW_FLOATS = ("last", "bid", "ask", "open", "high", "low")
+"""Snapshot fields kept in float columns (None in a snapshot, NaN in a column)."""
+_ROW_INTS = ("seq", "ts", "last_size", "bid_size", "ask_size", "volume", "trades")
+"""Snapshot fields kept in int columns (None in a snapshot, 0 in a column)."""
 ROWS_KEPT = 4096
 """Symbols whose state may live in Python rows at once; past it, rows are written back."""
 
@@ -91,10 +95,13 @@ class Coalescer:
         self._few_symbols = few_symbols
         self._capacity = 0
         self._cols: dict[str, np.ndarray] = {}
-        self._rows: dict[int, list[Any]] = {}
+        self._rows: dict[int, dict[str, Any]] = {}
         """Symbols folded tick by tick since the columns were last written: their newest state
-        is this row, not the columns. Python lists are read and written several times faster
-        than numpy elements, which is what a batch of two or three ticks costs."""
+        is this snapshot, in wire shape, not the columns. A Python dict is read and written
+        several times faster than numpy elements, which is what a batch of two or three ticks
+        costs, and it is encoded as it stands."""
+        self._notional: dict[int, float] = {}
+        """sum(price * size) of each symbol in `_rows` (the snapshot carries only the vwap)."""
         for name in _FLOAT_COLUMNS:
             self._cols[name] = np.full(0, np.nan)
         for name in _INT_COLUMNS:
@@ -225,31 +232,42 @@ class Coalescer:
         bid_size: int,
         ask_size: int,
     ) -> None:
-        row = self._rows.get(sym)
-        if row is None:
-            c = self._cols
-            row = self._rows[sym] = [c[name].item(sym) for name in _ROW]
-        row[_SEQ] += 1
-        row[_TS] = ts
+        snap = self._rows.get(sym)
+        if snap is None:
+            snap = self._load(sym)
+        snap["seq"] += 1
+        snap["ts"] = ts
         if kind == QUOTE:
-            row[_BID] = bid
-            row[_ASK] = ask
-            row[_BID_SIZE] = bid_size
-            row[_ASK_SIZE] = ask_size
+            if bid == bid:  # not NaN: quoted (the vector path reads a NaN bid as no quote)
+                snap["bid"] = bid
+                snap["ask"] = ask
+                snap["bid_size"] = bid_size
+                snap["ask_size"] = ask_size
+            else:
+                snap["bid"] = snap["ask"] = snap["bid_size"] = snap["ask_size"] = None
             return
-        row[_LAST] = price
-        row[_LAST_SIZE] = size
-        if row[_TRADES] == 0:
-            row[_OPEN] = row[_HIGH] = row[_LOW] = price
-            row[_NOTIONAL] = price * size
+        snap["last"] = price
+        snap["last_size"] = size
+        if snap["trades"] == 0:
+            snap["open"] = snap["high"] = snap["low"] = price
+            notional = price * size
         else:
-            if price > row[_HIGH]:
-                row[_HIGH] = price
-            if price < row[_LOW]:
-                row[_LOW] = price
-            row[_NOTIONAL] += price * size
-        row[_VOLUME] += size
-        row[_TRADES] += 1
+            if price > snap["high"]:
+                snap["high"] = price
+            if price < snap["low"]:
+                snap["low"] = price
+            notional = self._notional[sym] + price * size
+        self._notional[sym] = notional
+        volume = snap["volume"] + size
+        snap["volume"] = volume
+        snap["vwap"] = notional / volume if volume else None
+        snap["trades"] += 1
+
+    def _load(self, sym: int) -> dict[str, Any]:
+        """Move a symbol's state from the columns into `_rows`."""
+        snap = self._rows[sym] = self._read(sym)
+        self._notional[sym] = self._cols["notional"].item(sym)
+        return snap
 
     def _write_rows(self) -> None:
         """Write the rows back into the columns, before anything reads or folds the columns."""
@@ -257,10 +275,15 @@ class Coalescer:
         if not rows:
             return
         idx = np.fromiter(rows, dtype=np.int64, count=len(rows))
-        values = list(zip(*rows.values(), strict=True))
-        for k, name in enumerate(_ROW):
-            self._cols[name][idx] = values[k]
+        snaps = list(rows.values())
+        c = self._cols
+        for name in _ROW_INTS:
+            c[name][idx] = [snap[name] or 0 for snap in snaps]
+        for name in _ROW_FLOATS:
+            c[name][idx] = [snap[name] for snap in snaps]  # None is written as NaN
+        c["notional"][idx] = list(self._notional.values())
         rows.clear()
+        self._notional.clear()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -304,12 +327,24 @@ class Coalescer:
         names = self._symbols
         return [_snapshot(names[row[0]], *row[1:]) for row in rows]
 
+    def current(self, indices: list[int]) -> list[dict[str, Any]]:
+        """`snapshots`, without copies where the state lives in Python: the caller reads them
+        before the next fold and never modifies them (the market encodes them at once)."""
+        self._grow()
+        if len(indices) > self._few_symbols:
+            return self.snapshots(indices)
+        rows = self._rows
+        return [rows.get(i) or self._read(i) for i in indices]
+
     def _snapshot(self, i: int) -> dict[str, Any]:
         """One symbol's snapshot, read element by element (cheaper than the vector path)."""
-        row = self._rows.get(i)
-        if row is None:
-            c = self._cols
-            row = [c[name].item(i) for name in _ROW]
+        snap = self._rows.get(i)
+        return self._read(i) if snap is None else snap.copy()
+
+    def _read(self, i: int) -> dict[str, Any]:
+        """One symbol's snapshot from the columns."""
+        c = self._cols
+        row = [c[name].item(i) for name in _ROW]
         trades = row[_TRADES]
         volume = row[_VOLUME]
         bid = row[_BID]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from feed import protocol
-from feed.coalescer import Coalescer
+from feed.coalescer import FEW_SYMBOLS, Coalescer
 from feed.symbols import SymbolTable
 
 
@@ -45,16 +45,25 @@ class Market:
     def _encode(self, syms: list[int]) -> list[int]:
         if not syms:
             return syms
-        encode = protocol.encode_snapshot
-        payloads = [encode(s) for s in self.coalescer.snapshots(syms)]
         latest, frames = self._latest, self._frames
         if len(latest) < len(self.symbols):
             grow = len(self.symbols) - len(latest)
             latest.extend([None] * grow)
             frames.extend([None] * grow)
-        for sym, payload in zip(syms, payloads, strict=True):
-            latest[sym] = payload
-            frames[sym] = None
+        snapshots = self.coalescer.current(syms)
+        if len(syms) <= FEW_SYMBOLS:
+            # A few ticks at a time: each symbol's frame in one encoding, its snapshot cut from
+            # it. The first write of this change waits for this, so it is done once, here.
+            update, header = protocol.encode_update, protocol.text_frame_header
+            for sym, snapshot in zip(syms, snapshots, strict=True):
+                message = update(snapshot)
+                frames[sym] = header(len(message)) + message
+                latest[sym] = protocol.update_payload(message)
+            return syms
+        encode = protocol.encode_snapshot
+        for sym, snapshot in zip(syms, snapshots, strict=True):
+            latest[sym] = encode(snapshot)
+            frames[sym] = None  # built if some connection is sent this symbol alone
         return syms
 
     def payload(self, sym: int) -> bytes:

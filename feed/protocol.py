@@ -196,6 +196,21 @@ def update_frame(payloads: list[bytes]) -> bytes:
     return _UPDATE_HEAD + b",".join(payloads) + _TAIL
 
 
+def encode_update(snapshot: dict[str, Any]) -> bytes:
+    """The update message that carries `snapshot` alone, in one encoding (the same bytes as
+    `update_frame([encode_snapshot(snapshot)])`)."""
+    return orjson.dumps({"type": "update", "data": [snapshot]})
+
+
+def update_payload(message: bytes) -> bytes:
+    """The snapshot inside an update message of one snapshot, as `encode_snapshot` gives it."""
+    return message[_PAYLOAD_START:-_PAYLOAD_END]
+
+
+_PAYLOAD_START: Final = len(_UPDATE_HEAD)
+_PAYLOAD_END: Final = len(_TAIL)
+
+
 def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
     """Encode one snapshot; done once per change, the same bytes go to every subscriber.
 

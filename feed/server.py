@@ -31,7 +31,6 @@ from feed.sources.stream import StreamSource
 log = logging.getLogger(__name__)
 
 
-
 @dataclasses.dataclass
 class Node:
     """The parts of one feed process and the role of each (the composition root)."""
@@ -239,8 +238,7 @@ async def healthz(request: web.Request) -> web.Response:
             "connections": len(node.hub.connections),
             "ticks": node.market.ticks,
             "sources": [
-                {key: status[key] for key in _HEALTH_KEYS}
-                for status in pipeline.source_status()
+                {key: status[key] for key in _HEALTH_KEYS} for status in pipeline.source_status()
             ],
         },
         200 if healthy else 503,
