@@ -334,10 +334,12 @@ async def test_stdin_that_is_a_file_or_dev_null_is_read_to_its_end(
     lines=st.lists(st.binary(max_size=24).map(lambda b: b.replace(b"\n", b"")), min_size=1),
     cuts=st.lists(st.integers(0, 600), max_size=12),
     newline_at_end=st.booleans(),
+    whole_first=st.booleans(),
 )
 def test_lines_split_across_reads_come_out_whole_and_numbered(
-    lines: list[bytes], cuts: list[int], newline_at_end: bool
+    lines: list[bytes], cuts: list[int], newline_at_end: bool, whole_first: bool
 ) -> None:
+    """Whether each read is offered to `whole` first (as the source does) or not."""
     limit = 16
     data = b"\n".join(lines) + (b"\n" if newline_at_end else b"")
     splitter = LineSplitter(limit)
@@ -345,7 +347,10 @@ def test_lines_split_across_reads_come_out_whole_and_numbered(
     too_long: list[int] = []
     bounds = [0, *sorted(cut for cut in cuts if cut < len(data)), len(data)]
     for start, end in itertools.pairwise(bounds):
-        chunk = splitter.feed(data[start:end])
+        read = data[start:end]
+        chunk = splitter.whole(read) if whole_first else None
+        if chunk is None:
+            chunk = splitter.feed(read)
         got.update((chunk.first + i, line) for i, line in enumerate(chunk.lines))
         too_long += chunk.too_long
     last = splitter.finish()
