@@ -222,10 +222,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("scenario", choices=["light", "fanout", "burst"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--vs", default="websockets", help="websockets, or none")
+    parser.add_argument("--duration", type=float, help="seconds measured")
+    parser.add_argument("--warmup", type=float)
+    parser.add_argument("--clients", type=int)
+    parser.add_argument("--out", type=Path, help="results folder")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
+    changes = {key: getattr(args, key) for key in ("duration", "warmup", "clients")}
+    scenario = dataclasses.replace(
+        scenario, **{key: value for key, value in changes.items() if value is not None}
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(__file__).resolve().parent / "results" / f"{stamp}-arrival-{scenario.name}"
+    results = Path(__file__).resolve().parent / "results"
+    out = args.out or results / f"{stamp}-arrival-{scenario.name}"
     out.mkdir(parents=True, exist_ok=True)
     names = ["feed"] + ([] if args.vs == "none" else ["websockets"])
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}

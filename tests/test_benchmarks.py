@@ -117,6 +117,7 @@ def test_scenario_runs_against_every_server(scenario: str, tmp_path: Path) -> No
     assert f"scenario {scenario}, market external" in table and "producer%" in table
     for server in servers:
         assert f"\n{server} " in table
+    assert ours["gc"]["percent"] >= 0 and len(ours["gc"]["collections"]) == 3
     if scenario == "connections":
         assert ours["rss"]["per_connection"] > 0
     if scenario == "slow":
@@ -390,3 +391,31 @@ def test_the_c_client_refuses_what_it_cannot_do() -> None:
     )
     assert done.returncode != 0
     assert "no never-reading clients" in done.stderr
+
+
+def test_arrival_splits_each_chunk_of_both_servers_into_its_phases(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "benchmarks.arrival", "light", "--repeat", "1",
+        "--duration", "1", "--warmup", "0.3", "--clients", "10", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads((tmp_path / "arrival.json").read_text())
+    for server in ("feed", "websockets"):
+        (run,) = document["runs"][server]
+        assert run["chunks"] > 0
+        phases = run["phases_us"]
+        for phase in ("wake", "prep", "fanout", "total"):
+            assert 0 <= phases[phase]["p50"] <= phases[phase]["p99"]
+        assert phases["total"]["p99"] >= phases["fanout"]["p50"]
+        assert run["client_p50_ms"] > 0
+    ours = document["runs"]["feed"][0]["phases_us"]
+    assert {"read", "fold", "handoff"} <= set(ours)
+    assert "| `feed` |" in result.stdout and "| `websockets` |" in result.stdout
+    assert "`feed` prep, p50 (p99): read" in result.stdout
