@@ -1,5 +1,6 @@
 """The command line: `feed serve` runs the feed, `feed simulate` prints simulated ticks,
-`feed publish` sends ticks from stdin to a feed's producer endpoint.
+`feed publish` sends ticks from stdin to a feed's producer endpoint, `feed watch` shows symbols
+as a live table.
 
 Every config key can be set from here: the common ones have their own flags, any other goes
 through `--set section.key=value`.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from feed import config as config_module
-from feed import publish
+from feed import publish, watch
 from feed.config import Config, ConfigError
 
 log = logging.getLogger("feed")
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "symbol, in order, before the stream); a JSON line on stderr says how many ticks",
     )
     publish.add_parser(commands)
+    watch.add_parser(commands)
     return parser
 
 
@@ -294,4 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "publish":
         return publish.main(args)
+    if args.command == "watch":
+        return watch.main(args)
     return 2

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 from aiohttp import WSMsgType, web
 
+from feed import static
 from feed.config import Config
 from feed.gcwatch import GcWatch
 from feed.hub import Hub
@@ -97,6 +98,7 @@ def create_app(
     app.router.add_get("/snapshot", snapshot)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
+    app.router.add_routes(static.routes())  # the dashboard: /, /feed-client.js, /web/*
     for item in sources:
         routes = getattr(item, "routes", None)
         if callable(routes):
