@@ -168,7 +168,12 @@ async def serve(config: Config) -> None:
     for sock in sockets:
         host, port = sock.getsockname()[:2]
         log.info(
-            "listening on ws://%s:%d/ws (HTTP: /symbols /snapshot /healthz /stats)", host, port
+            "listening on ws://%s:%d/ws (dashboard: http://%s:%d/; HTTP: /symbols /snapshot "
+            "/healthz /stats)",
+            host,
+            port,
+            host,
+            port,
         )
     log.info("source: %s", "; ".join(source.describe() for source in node.pipeline.sources))
     await stop.wait()
