@@ -8,16 +8,17 @@
 What reaches the consumer, and how:
 - `async for snap in feed` yields `Snapshot`s only (from `snapshot` and `update` frames alike).
   `async for event in feed.events()` yields every event in the order it happened: a
-  `Snapshot`, a `Status` (symbols turned `stale`, with a reason, or `live` again) or a
+  `Snapshot`, a `Status` (symbols turned `stale`, with a reason, or `live` again), a
   `ConnectionState` (connecting, connected, disconnected with the reason and the delay before
-  the next attempt, closed). Both draw from one inbox, so use one consumer at a time; the
+  the next attempt, closed) or a `Refused` (symbols held that a new connection's feed refused,
+  set aside: see below). Both draw from one inbox, so use one consumer at a time; the
   snapshot iterator drops the other events it passes over, whose current values stay readable:
-  `feed.state`, `feed.stale`. Either iteration ends when the feed is closed.
+  `feed.state`, `feed.stale`, `feed.refused`. Either iteration ends when the feed is closed.
 - The inbox is bounded by the symbols held, whatever the consumer does: it holds at most one
   snapshot per symbol (a newer one replaces the waiting one, counted in
-  `SymbolStats.superseded`), the newest status of each symbol and the newest connection state,
-  each placed by its newest change. A consumer slower than the feed gets the newest state of
-  every symbol, never a backlog (`feed.pending` counts what waits).
+  `SymbolStats.superseded`), the newest status of each symbol, the newest refusal and the
+  newest connection state, each placed by its newest change. A consumer slower than the feed
+  gets the newest state of every symbol, never a backlog (`feed.pending` counts what waits).
 - Within one connection a symbol's `seq` never goes backwards: an older or repeated snapshot is
   dropped. A new connection may start lower (a restarted feed counts from its own start).
 - `feed.latest(symbol)` is the newest snapshot received, whether or not it was consumed.
@@ -30,6 +31,17 @@ subscribes again to every symbol held, then resends the requests not yet answere
 marked stale are taken as live again (a `Status` says so) until the feed says otherwise, which
 it does right after the snapshot. Only the first connection may fail for good:
 `FeedError("cannot_connect", ...)` from `async with` (or `start()`).
+
+Symbols the feed no longer has: when the feed refuses that resubscribe with `unknown_symbol` (a
+restarted feed whose symbols come from producers and some have not ticked yet, or a symbol gone for
+good; the feed refuses a request whole), the client reads `/symbols` beside the WebSocket URL
+(`ws://H/ws?Q` -> `http://H/symbols?Q`) and subscribes to the symbols held that it lists. The
+others are set aside and the connection stays up: `feed.refused` maps each to the feed's error, a
+`Refused` event lists them all, they stay in `feed.symbols` and are asked for again on every later
+connection and by `subscribe` (which raises the feed's `FeedError` while it still refuses them);
+`unsubscribe` lets go of them without asking the feed, which does not know them. Any other refusal
+of the resubscribe (`too_many_symbols`, ...), a `/symbols` that cannot be read, or a refusal still
+after a few rounds, drops the connection and retries with backoff.
 
 Figures (`feed.stats(symbol)`, `feed.clock`): the latency of each update is its receipt time
 minus its `ts`, converted to this host's clock with the offset estimated from `ping`/`pong`
@@ -54,6 +66,7 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
+import yarl
 
 from feed.client_inbox import Inbox
 from feed.client_values import (
@@ -61,6 +74,7 @@ from feed.client_values import (
     ConnectionState,
     Event,
     FeedError,
+    Refused,
     Snapshot,
     State,
     Status,
@@ -75,6 +89,7 @@ __all__ = [
     "Event",
     "Feed",
     "FeedError",
+    "Refused",
     "Snapshot",
     "State",
     "Status",
@@ -92,8 +107,11 @@ PINGS_IN_FLIGHT: Final = 16
 EARLY_PINGS: Final = 4
 EARLY_PING_GAP: Final = 0.05
 """Pings sent this many seconds apart on connecting, before one every `ping_interval`."""
+SET_ASIDE_ROUNDS: Final = 3
+"""Refusals of the resubscribe (`unknown_symbol`) a connection takes, each answered by setting
+aside the symbols `/symbols` does not list, before it is dropped."""
 _FAILURES = (OSError, aiohttp.ClientError, TimeoutError)
-"""What opening a connection, or closing one, may raise."""
+"""What opening a connection, or closing one, or reading `/symbols`, may raise."""
 _CLOSING: Final = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
@@ -151,6 +169,13 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _symbols_url(url: str) -> yarl.URL:
+    """`GET /symbols` beside the WebSocket URL `url`: http(s), the same host, path and query."""
+    ws = yarl.URL(url)
+    http = ws.join(yarl.URL("symbols")).with_query(ws.query)
+    return http.with_scheme("https" if ws.scheme in ("wss", "https") else "http")
+
+
 def _closed_reason(code: int | None) -> str:
     if code is None:
         return "connection lost"
@@ -196,6 +221,9 @@ class Feed:
         self._latest: dict[str, Snapshot] = {}
         self._figures: dict[str, _Figures] = {}
         self._stale: dict[str, str] = {}
+        self._refused: dict[str, str] = {}
+        self._refusal: tuple[tuple[str, ...], FeedError] | None = None
+        self._rounds = 0
         self._seqs: dict[str, int] = {}
         self._inbox = Inbox()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -244,6 +272,12 @@ class Feed:
         return MappingProxyType(self._stale)
 
     @property
+    def refused(self) -> Mapping[str, str]:
+        """The symbols held that the feed refused on the latest connection, set aside (asked for
+        again on the next one), each with the feed's error (`"unknown_symbol: ..."`)."""
+        return MappingProxyType(self._refused)
+
+    @property
     def state(self) -> ConnectionState:
         """The connection's newest state (the last `ConnectionState` event)."""
         return self._state
@@ -277,12 +311,24 @@ class Feed:
     async def subscribe(self, symbols: Iterable[str], timeout: float | None = 10.0) -> list[str]:
         """Subscribe; returns the symbols as the feed confirmed them. Raises `FeedError` when
         refused (`unknown_symbol`, ...), TimeoutError without an answer in `timeout` seconds
-        (a request sent while disconnected waits for the next connection)."""
+        (a request sent while disconnected waits for the next connection). Symbols set aside
+        (`refused`) stay held when refused again and are no longer set aside once accepted."""
         return await self._request("subscribe", symbols, timeout)
 
     async def unsubscribe(self, symbols: Iterable[str], timeout: float | None = 10.0) -> list[str]:
-        """Unsubscribe; returns the symbols that were held. Their waiting snapshots are dropped."""
-        return await self._request("unsubscribe", symbols, timeout)
+        """Unsubscribe; returns the symbols that were held. Their waiting snapshots are dropped.
+        Symbols set aside (`refused`) are let go of here, without asking the feed."""
+        if isinstance(symbols, str) or self._closed:
+            return await self._request("unsubscribe", symbols, timeout)  # its error
+        names = list(dict.fromkeys(symbols))
+        aside = {name for name in names if name in self._refused}
+        for name in aside:
+            self._let_go(name)
+        rest = [name for name in names if name not in aside]
+        if aside and not rest:
+            return names
+        held = set(await self._request("unsubscribe", rest, timeout)) | aside
+        return [name for name in names if name in held]
 
     async def _request(self, op: str, symbols: Iterable[str], timeout: float | None) -> list[str]:
         if isinstance(symbols, str):
@@ -401,6 +447,7 @@ class Feed:
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         """Use one connection until it ends; the reason it ended."""
         self._ws, self._ready, self._healthy, self._drop = ws, False, False, None
+        self._refusal, self._rounds = None, 0
         self._seqs.clear()
         self._pings.clear()
         self._samples.clear()
@@ -421,18 +468,71 @@ class Feed:
         for request_id in [k for k, request in self._requests.items() if request.internal]:
             del self._requests[request_id]
         if self._held:
-            request_id = next(self._ids)
-            names = tuple(self._held)
-            frame = orjson.dumps({"op": "subscribe", "symbols": names, "id": request_id}).decode()
-            future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-            self._requests[request_id] = _Request("subscribe", names, future, True, frame)
-            await self._send(ws, frame)
+            await self._resubscribe(ws, tuple(self._held))
         else:
             self._healthy = True
         waiting = [request for request in self._requests.values() if not request.internal]
         self._ready = True  # from here on a new request is sent by its caller
         for request in waiting:
             await self._send(ws, request.frame)
+
+    async def _resubscribe(
+        self, ws: aiohttp.ClientWebSocketResponse, names: tuple[str, ...]
+    ) -> None:
+        """Send the subscribe of a new connection (answered by the client itself)."""
+        request_id = next(self._ids)
+        frame = orjson.dumps({"op": "subscribe", "symbols": names, "id": request_id}).decode()
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = _Request("subscribe", names, future, True, frame)
+        await self._send(ws, frame)
+
+    async def _set_aside(
+        self, ws: aiohttp.ClientWebSocketResponse, names: tuple[str, ...], error: FeedError
+    ) -> None:
+        """The feed refused the resubscribe of `names` (`unknown_symbol`): subscribe to those
+        `/symbols` lists, set the others aside (`refused`, a `Refused` event), or give up on
+        this connection (`_drop`) when `/symbols` cannot be read or the rounds are spent."""
+        self._refusal = None
+        self._rounds += 1
+        refused = f"subscribing again was refused: {error}"
+        if self._rounds > SET_ASIDE_ROUNDS:
+            self._drop = f"{refused} ({SET_ASIDE_ROUNDS} times)"
+            return
+        try:
+            known = await self._feed_symbols()
+        except (*_FAILURES, ValueError) as exc:
+            self._drop = f"{refused}; GET /symbols: {_describe(exc)}"
+            return
+        rest: list[str] = []
+        for name in names:
+            if name not in self._held:
+                continue  # unsubscribed meanwhile
+            if name in known:
+                self._refused.pop(name, None)
+                rest.append(name)
+            else:
+                self._refused[name] = str(error)
+        if self._refused:
+            aside = tuple(self._refused)
+            log.warning("%s: %s; set aside: %s", self.url, refused, ", ".join(aside))
+            self._inbox.put(("refused", None), Refused(aside, error.code, error.message))
+        if rest:
+            await self._resubscribe(ws, tuple(rest))
+        else:
+            self._healthy = True
+
+    async def _feed_symbols(self) -> set[str]:
+        """Every symbol of the feed: `GET /symbols` beside the WebSocket URL."""
+        assert self._session is not None
+        async with (
+            asyncio.timeout(self._connect_timeout),
+            self._session.get(_symbols_url(self.url)) as answer,
+        ):
+            answer.raise_for_status()
+            body = orjson.loads(await answer.read())
+        if not isinstance(body, list):
+            raise ValueError(f"not a list of symbols: {str(body)[:80]}")
+        return {str(name) for name in body}
 
     async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         # A few pings soon after connecting (a moment apart, so that they do not queue behind
@@ -456,6 +556,8 @@ class Feed:
             kind = message.type
             if kind is aiohttp.WSMsgType.TEXT:
                 self._frame(message.data, time.time_ns())
+                if self._refusal is not None:
+                    await self._set_aside(ws, *self._refusal)
                 if self._drop is not None:
                     return self._drop
             elif kind is aiohttp.WSMsgType.ERROR:
@@ -539,12 +641,10 @@ class Feed:
         if request.op == "subscribe":
             for name in names:
                 self._held[name] = None
+                self._refused.pop(name, None)
         else:
             for name in names:
-                self._held.pop(name, None)
-                self._seqs.pop(name, None)
-                self._stale.pop(name, None)
-                self._inbox.discard(("snapshot", name))
+                self._let_go(name)
         if request.internal:
             self._healthy = True
             back = tuple(name for name in names if name in self._stale)
@@ -555,11 +655,21 @@ class Feed:
         if not request.future.done():
             request.future.set_result(names)
 
+    def _let_go(self, name: str) -> None:
+        """`name` is no longer held: forget its state, drop its waiting snapshot."""
+        self._held.pop(name, None)
+        self._refused.pop(name, None)
+        self._seqs.pop(name, None)
+        self._stale.pop(name, None)
+        self._inbox.discard(("snapshot", name))
+
     def _error(self, frame: dict[str, Any]) -> None:
         error = FeedError(str(frame.get("code")), str(frame.get("message")))
         request = self._pop_request(frame)
         if request is None:
             log.warning("%s: %s", self.url, error)
+        elif request.internal and error.code == "unknown_symbol":
+            self._refusal = (request.symbols, error)  # handled by _receive, which can wait
         elif request.internal:
             self._drop = f"subscribing again was refused: {error}"
         elif not request.future.done():

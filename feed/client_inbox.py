@@ -18,7 +18,7 @@ from feed.client_values import Event, Status
 class Inbox:
     """What waits for the consumer, keyed so that each key holds only its newest event: a
     symbol's snapshot, a status (a newer status of a symbol takes it out of older ones), the
-    connection state. In the order of the newest change of each key."""
+    refusal, the connection state. In the order of the newest change of each key."""
 
     def __init__(self) -> None:
         self._items: OrderedDict[tuple[str, Any], Event] = OrderedDict()

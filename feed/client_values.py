@@ -1,5 +1,5 @@
-"""The values `feed.client` hands out: snapshots, statuses, connection states, its figures and
-its error. Plain frozen dataclasses, no I/O."""
+"""The values `feed.client` hands out: snapshots, statuses, connection states, refusals, its
+figures and its error. Plain frozen dataclasses, no I/O."""
 
 from __future__ import annotations
 
@@ -106,7 +106,21 @@ class ConnectionState:
     """Seconds until the next attempt (DISCONNECTED only)."""
 
 
-Event = Snapshot | Status | ConnectionState
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Symbols held that the feed refused to subscribe again on a new connection (`code`
+    `unknown_symbol`: a restarted feed whose symbols come from producers that have not ticked
+    yet, or a symbol gone for good), set aside so that the others flow. They stay held
+    (`feed.symbols`) and are asked for again on every later connection and when subscribed
+    again; each is back with its next snapshot. `symbols` are all those set aside now."""
+
+    symbols: tuple[str, ...]
+    code: str
+    message: str
+    """The feed's error message, for a person (it names at most 10 symbols)."""
+
+
+Event = Snapshot | Status | ConnectionState | Refused
 
 
 @dataclass(frozen=True, slots=True)

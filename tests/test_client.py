@@ -18,9 +18,11 @@ from feed.sources import SourceState
 from tests.conftest import SYMBOLS, StartFeed
 from tests.conftest import Feed as InProcess
 from tests.test_sources import Tape
-from tests.test_stdin import serve
+from tests.test_stdin import Served, serve
 
 SIMULATED = ("--symbols", "4", "--rate", "400")
+AAPL_ONLY = ("--source", "simulator,stdin", "--symbols", "1", "--rate", "400")
+"""A feed that simulates AAPL alone; other symbols join with their first tick on stdin."""
 
 
 def url(feed: InProcess) -> str:
@@ -37,6 +39,29 @@ async def next_status(events: AsyncIterator[client.Event], timeout: float = 5.0)
             event = await anext(events)
             if isinstance(event, Status):
                 return event
+
+
+async def next_refused(
+    events: AsyncIterator[client.Event], timeout: float = 15.0
+) -> client.Refused:
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await anext(events)
+            if isinstance(event, client.Refused):
+                return event
+
+
+def port_of(served: Served) -> str:
+    return served.ws.rsplit(":", 1)[1].split("/")[0]
+
+
+async def stop_and_lose(fc: client.Feed, served: Served) -> None:
+    """Stop the feed `served` (SIGTERM) and wait until `fc` has lost it."""
+    lost = asyncio.create_task(
+        fc.wait_until(lambda: fc.state.state is State.DISCONNECTED, timeout=15)
+    )
+    assert await served.stop() == 0
+    await lost
 
 
 def received(feed: client.Feed, symbol: str) -> int:
@@ -152,6 +177,59 @@ async def test_a_restarted_feed_is_reconnected_and_resubscribed() -> None:
                 )
                 assert fc.symbols == ["AAPL", "MSFT"]
                 assert (await second.get("/stats"))["hub"]["connections"] == 1
+
+
+async def test_a_restarted_feed_without_a_symbol_serves_the_others_and_reports_it() -> None:
+    async with serve(*SIMULATED, stdin=subprocess.DEVNULL) as first:
+        port = port_of(first)
+        async with client.connect(first.ws, backoff_max=0.3) as fc:
+            await fc.subscribe(["AAPL", "MSFT"])
+            await fc.wait_until(lambda: received(fc, "MSFT") >= 1, timeout=10)
+            events = fc.events()
+            await stop_and_lose(fc, first)
+            async with serve("--port", port, *AAPL_ONLY) as second:
+                refused = await next_refused(events)
+                message = "unknown symbol(s): MSFT"
+                assert refused == client.Refused(("MSFT",), "unknown_symbol", message)
+                assert dict(fc.refused) == {"MSFT": f"unknown_symbol: {message}"}
+                after = received(fc, "AAPL")
+                await fc.wait_until(lambda: received(fc, "AAPL") > after + 1, timeout=10)
+                # The same connection throughout: it was not dropped for the refusal.
+                assert fc.state.state is State.CONNECTED and fc.state.connects == 2
+                assert (await second.get("/stats"))["hub"]["connections"] == 1
+                assert fc.symbols == ["AAPL", "MSFT"]  # still held: asked for at the next one
+                msft = received(fc, "MSFT")
+                await stop_and_lose(fc, second)
+            async with serve("--port", port, *SIMULATED, stdin=subprocess.DEVNULL):
+                await fc.wait_until(lambda: received(fc, "MSFT") > msft, timeout=15)
+                assert dict(fc.refused) == {}
+                assert fc.state.state is State.CONNECTED and fc.state.connects == 3
+
+
+async def test_symbols_set_aside_are_let_go_or_subscribed_again_once_the_feed_has_them() -> None:
+    async with serve(*SIMULATED, stdin=subprocess.DEVNULL) as first:
+        port = port_of(first)
+        async with client.connect(first.ws, backoff_max=0.3) as fc:
+            await fc.subscribe(["AAPL", "MSFT", "NVDA"])
+            await stop_and_lose(fc, first)
+            async with serve("--port", port, *AAPL_ONLY) as second:
+                await fc.wait_until(lambda: len(fc.refused) == 2, timeout=15)
+                reason = "unknown_symbol: unknown symbol(s): MSFT, NVDA"
+                assert dict(fc.refused) == {"MSFT": reason, "NVDA": reason}
+                assert await fc.unsubscribe(["NVDA"]) == ["NVDA"]  # not asking the feed
+                assert fc.symbols == ["AAPL", "MSFT"] and list(fc.refused) == ["MSFT"]
+                with pytest.raises(client.FeedError) as still:
+                    await fc.subscribe(["MSFT"])
+                assert still.value.message == "unknown symbol(s): MSFT"
+                assert fc.symbols == ["AAPL", "MSFT"] and list(fc.refused) == ["MSFT"]
+                await second.write(b'{"type":"trade","symbol":"MSFT","price":2.5,"size":7}\n')
+                await second.wait_log("source stdin: connecting -> live")  # MSFT has joined
+                assert await fc.subscribe(["MSFT"]) == ["MSFT"]
+                assert dict(fc.refused) == {}
+                await fc.wait_until(lambda: seq(fc, "MSFT") == 1, timeout=5)
+                snap = fc.latest("MSFT")
+                assert snap is not None and (snap.last, snap.last_size) == (2.5, 7)
+                assert fc.state.state is State.CONNECTED and fc.state.connects == 2
 
 
 async def test_the_watchdog_reconnects_when_the_feed_goes_silent() -> None:
