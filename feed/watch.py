@@ -4,8 +4,10 @@
 
 One row per symbol: last, change since the open, bid, ask, spread, volume, VWAP, the latency of
 its newest update (clock offset corrected), the updates conflated (seq jumps), the age of its
-newest tick, and whether it is live or stale (with the feed's reason); a header line says the
-connection state, which `feed.client` keeps up by itself (reconnecting, resubscribing).
+newest tick, and whether it is live, stale or refused (with the feed's reason: refused is a
+symbol a reconnected feed no longer carries, set aside and asked for again at the next
+connection, see `feed.client`); a header line says the connection state, which `feed.client`
+keeps up by itself (reconnecting, resubscribing).
 
 Contract:
 - redrawn every `--refresh` seconds (0.25); Ctrl-C (SIGINT) or SIGTERM exits 0, leaving the last
@@ -213,6 +215,9 @@ class Board:
         stale = [symbol for symbol in self.symbols if symbol in feed.stale]
         if stale:
             line.append(f"  {len(stale)} stale", style="bold red")
+        refused = [symbol for symbol in self.symbols if symbol in feed.refused]
+        if refused:
+            line.append(f"  {len(refused)} refused", style="bold red")
         return line
 
     def _row(self, symbol: str, now: int) -> list[str | Text]:
@@ -220,11 +225,14 @@ class Board:
 
         feed = self.feed
         snap, stats = feed.latest(symbol), feed.stats(symbol)
-        reason = feed.stale.get(symbol)
-        name = Text(symbol, style="bold red" if reason is not None else "bold")
-        status = (
-            Text(f"stale: {reason}", style="red") if reason is not None else Text("live", "green")
-        )
+        refused, stale = feed.refused.get(symbol), feed.stale.get(symbol)
+        name = Text(symbol, style="bold" if refused is None and stale is None else "bold red")
+        if refused is not None:
+            status = Text(f"refused: {refused}", style="red")
+        elif stale is not None:
+            status = Text(f"stale: {stale}", style="red")
+        else:
+            status = Text("live", style="green")
         if snap is None:
             return [name, *["-"] * (len(COLUMNS) - 2), status]
         change = snap.change

@@ -156,6 +156,23 @@ async def test_watch_draws_a_live_table_with_the_state_in_a_terminal(served: Ser
         assert "Traceback" not in t.text and "KeyboardInterrupt" not in t.text
 
 
+async def test_a_symbol_a_restarted_feed_lacks_shows_as_refused(served: Served) -> None:
+    port = served.ws.rsplit(":", 1)[1].split("/")[0]
+    async with in_terminal("watch", "ACME", "BOLT", "--url", served.ws, "--refresh", "0.1") as t:
+        await t.wait(row("BOLT", "40.00", "+0.00", "-", "-", "-", "7", "40.00"))
+        assert await served.stop() == 0
+        mark = t.mark()
+        async with serve("--port", port, "--source", "stdin") as second:
+            await second.write(ACME_TRADE)  # ACME only: BOLT has not ticked on this one
+            await second.wait_log("connecting -> live")
+            reason = "refused: unknown_symbol: unknown symbol(s): BOLT"
+            await t.wait(rf"BOLT.*│\s*{re.escape(reason)}", mark, timeout=30)
+            await t.wait(r"● connected.*1 refused", mark)
+            await t.wait(r"ACME.*│\s*live\s*│", mark)
+        t.process.send_signal(signal.SIGINT)
+        assert await t.exit_code() == 0
+
+
 async def test_count_prints_the_table_once_and_exits(served: Served) -> None:
     result = await asyncio.create_subprocess_exec(
         *FEED, "watch", "ACME", "--url", served.ws, "--count", "1",

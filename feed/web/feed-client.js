@@ -16,6 +16,16 @@
  *   count resets once a connection has stayed live for `backoffMaxMs`. Only `close()` stops it.
  * - The symbols it holds are subscribed again after every reconnect; requests made while it is
  *   not connected, or lost with their connection, are sent once it is.
+ * - Symbols the feed no longer has: when it refuses that resubscribe with `unknown_symbol` (a
+ *   restarted feed whose symbols come from producers and some have not ticked yet, or a symbol
+ *   gone for good; the feed refuses a request whole), the client reads `symbols()` and
+ *   subscribes to the symbols held that it lists. The others are set aside and the connection
+ *   stays up: `refused` maps each to the feed's error, a `refused` event lists them all, they
+ *   stay held and are asked for again on every later connection and by `subscribe` (which
+ *   rejects while the feed still refuses them); `unsubscribe` lets go of them without asking the
+ *   feed, which does not know them. A refusal still after `SET_ASIDE_ROUNDS` (3) rounds on one
+ *   connection, or a `symbols()` that fails, drops the connection (an `error` of code
+ *   `refused`) and reconnects with backoff.
  * - A watchdog drops a connection (and a connection attempt) that receives nothing, no data,
  *   no heartbeat, no answer, for `watchdogMs`, and reconnects.
  * - Snapshots of one symbol are applied in `seq` order: one older than the snapshot held is
@@ -71,12 +81,19 @@
 /** @typedef {{state: State, attempt: number, retryInMs?: number}} StateEvent */
 /** @typedef {{rttMs: number, clockOffsetMs: number}} PongEvent */
 /** @typedef {{updates: number, conflated: number}} SymbolStats */
+/**
+ * Symbols held that the feed refused on a new connection, set aside: all of them (those set
+ * aside before included), and the error of the latest refusal.
+ * @typedef {{symbols: string[], code: string, message: string}} RefusedEvent
+ */
 
 /**
  * An error from the server (`code` as in docs/protocol.md, e.g. `unknown_symbol`) or from the
  * client itself: `connect_failed` (an attempt failed), `connection_lost` (a live connection
  * closed), `watchdog` (nothing arrived in time), `closed` (the client was closed before an
- * answer), `http_error` (`symbols()` was refused).
+ * answer), `http_error` (`symbols()` was refused), `refused` (a new connection's resubscribe
+ * was refused `SET_ASIDE_ROUNDS` times, or `symbols()` failed after a refusal: the connection is
+ * dropped and retried).
  */
 export class FeedError extends Error {
   /**
@@ -105,7 +122,13 @@ const DEFAULTS = Object.freeze({
 });
 
 /** The events `on` accepts. */
-const EVENTS = ["snapshot", "status", "state", "error", "pong"];
+const EVENTS = ["snapshot", "status", "state", "error", "pong", "refused"];
+
+/**
+ * Refusals of a new connection's resubscribe (`unknown_symbol`) each answered by setting aside
+ * the symbols `symbols()` does not list, before the connection is dropped.
+ */
+export const SET_ASIDE_ROUNDS = 3;
 
 /** The clock offset is that of the fastest of this many latest pings. */
 const PING_SAMPLES = 8;
@@ -138,6 +161,9 @@ export class FeedClient {
   #listeners = new Map(EVENTS.map((event) => [event, new Set()]));
   /** Symbols held: subscribed (answered), less those since unsubscribed. @type {Set<string>} */
   #wanted = new Set();
+  /** Symbols held that the feed refused on a new connection: the feed's error ("code: message")
+   *  per symbol. @type {Map<string, string>} */
+  #refused = new Map();
   /** The newest snapshot per symbol and the connection it came on. */
   #held = /** @type {Map<string, {snap: Snapshot, epoch: number}>} */ (new Map());
   /** @type {Map<string, SymbolStats>} */
@@ -216,13 +242,24 @@ export class FeedClient {
   }
 
   /**
+   * The symbols held that the feed refused on a new connection, set aside (asked for again on
+   * the next one, see the module), each with the feed's error (`"unknown_symbol: ..."`); a
+   * symbol leaves it once the feed accepts it or on `unsubscribe`.
+   * @returns {Map<string, string>} a copy
+   */
+  get refused() {
+    return new Map(this.#refused);
+  }
+
+  /**
    * Listen to an event: `snapshot` (snap, {kind, receivedMs}) for each snapshot applied, in
    * order; `status` ({state, symbols, reason}) when symbols turn stale or live; `state`
    * ({state, attempt, retryInMs}) on every change of state and every retry scheduled;
    * `error` (a FeedError) for the server's errors and connection failures; `pong`
-   * ({rttMs, clockOffsetMs}). A listener that throws does not stop the others (the error is
-   * rethrown on its own).
-   * @param {"snapshot" | "status" | "state" | "error" | "pong"} event
+   * ({rttMs, clockOffsetMs}); `refused` ({symbols, code, message}) when a new connection sets
+   * symbols aside (see `refused`). A listener that throws does not stop the others (the error
+   * is rethrown on its own).
+   * @param {"snapshot" | "status" | "state" | "error" | "pong" | "refused"} event
    * @param {Function} fn
    * @returns {() => void} removes the listener
    */
@@ -258,31 +295,48 @@ export class FeedClient {
   /**
    * Subscribe (one message: the server allows about 20 a second, so pass many symbols at once).
    * The symbols are held from the answer on, and subscribed again after every reconnect.
+   * Symbols set aside (`refused`) stay held when refused again, and leave `refused` once
+   * accepted.
    * @param {string[]} symbols
    * @returns {Promise<{type: "subscribed", id: number, symbols: string[]}>} the server's answer;
    *   rejects with a FeedError (`unknown_symbol`, `too_many_symbols`, ...) when it refuses
    */
   subscribe(symbols) {
     return this.#request("subscribe", symbols, (answer) => {
-      for (const symbol of answer.symbols) this.#wanted.add(symbol);
+      for (const symbol of answer.symbols) {
+        this.#wanted.add(symbol);
+        this.#refused.delete(symbol);
+      }
     });
   }
 
   /**
    * Unsubscribe: no snapshot of these symbols is delivered from this call on (`latest` keeps
-   * the last one).
+   * the last one). Symbols set aside (`refused`) are let go of here, without asking the server
+   * (which does not know them); when all of them are, the answer has no `id`.
    * @param {string[]} symbols
-   * @returns {Promise<{type: "unsubscribed", id: number, symbols: string[]}>} the server's answer
+   * @returns {Promise<{type: "unsubscribed", id?: number, symbols: string[]}>} the server's
+   *   answer: the symbols that were held
    */
   unsubscribe(symbols) {
-    const promise = this.#request("unsubscribe", symbols);
-    if (badSymbols(symbols) !== undefined || this.#state === "offline") return promise;
+    if (badSymbols(symbols) !== undefined || this.#state === "offline") {
+      return this.#request("unsubscribe", symbols); // its error
+    }
+    const aside = symbols.filter((symbol) => this.#refused.has(symbol));
     for (const symbol of symbols) {
       this.#wanted.delete(symbol);
+      this.#refused.delete(symbol);
       const held = this.#held.get(symbol);
       if (held !== undefined) held.epoch = -1; // a later subscription starts afresh
     }
-    return promise;
+    if (aside.length === 0) return this.#request("unsubscribe", symbols);
+    const names = [...new Set(symbols)];
+    const rest = names.filter((symbol) => !aside.includes(symbol));
+    if (rest.length === 0) return Promise.resolve({ type: "unsubscribed", symbols: names });
+    return this.#request("unsubscribe", rest).then((answer) => {
+      const held = new Set([...answer.symbols, ...aside]);
+      return { ...answer, symbols: names.filter((symbol) => held.has(symbol)) };
+    });
   }
 
   /**
@@ -368,7 +422,7 @@ export class FeedClient {
     this.#epoch += 1;
     this.#lastFrameAt = now();
     this.#state = "live";
-    if (this.#wanted.size > 0) this.#resubscribe([...this.#wanted], true);
+    if (this.#wanted.size > 0) this.#resubscribe([...this.#wanted], 0);
     for (const request of this.#queue.splice(0)) this.#send(request);
     const { pingIntervalMs, backoffMaxMs } = this.#options;
     if (pingIntervalMs > 0) {
@@ -527,24 +581,68 @@ export class FeedClient {
   }
 
   /**
-   * Hold `symbols` again on a new connection. When the server no longer knows some (a restarted
-   * server whose symbols come from producers), subscribe to those it knows; the others stay
-   * held and are asked for again at the next reconnect.
+   * Hold `symbols` again on a new connection (see the module for the symbols the server no
+   * longer knows). Symbols let go of while it was under way are unsubscribed again.
    * @param {string[]} symbols
-   * @param {boolean} retry
+   * @param {number} rounds refusals taken on this connection so far
    */
-  #resubscribe(symbols, retry) {
-    const epoch = this.#epoch;
-    const fail = (/** @type {FeedError} */ error) => {
-      if (!retry || error.code !== "unknown_symbol") return; // already reported as an "error"
-      this.symbols().then((known) => {
-        const have = new Set(known);
-        const some = symbols.filter((s) => have.has(s) && this.#wanted.has(s));
-        const current = epoch === this.#epoch && this.#state === "live";
-        if (current && some.length > 0) this.#resubscribe(some, false);
-      }, (e) => this.#emit("error", e));
+  #resubscribe(symbols, rounds) {
+    const answer = (/** @type {any} */ frame) => {
+      for (const symbol of frame.symbols) this.#refused.delete(symbol);
+      const gone = frame.symbols.filter((/** @type {string} */ s) => !this.#wanted.has(s));
+      if (gone.length > 0) {
+        const message = { op: "unsubscribe", symbols: gone };
+        this.#send({ message, answer: ignore, fail: ignore, resend: false });
+      }
     };
-    this.#send({ message: { op: "subscribe", symbols }, answer: ignore, fail, resend: false });
+    const fail = (/** @type {FeedError} */ error) => {
+      if (error.code !== "unknown_symbol") return; // already reported as an "error"
+      this.#setAside(symbols, error, rounds + 1);
+    };
+    this.#send({ message: { op: "subscribe", symbols }, answer, fail, resend: false });
+  }
+
+  /**
+   * The server refused the resubscribe of `symbols` (`unknown_symbol`): subscribe to those
+   * `symbols()` lists, set the others aside (`refused`, a `refused` event), or drop this
+   * connection when `symbols()` fails or the rounds are spent.
+   * @param {string[]} symbols
+   * @param {FeedError} error
+   * @param {number} rounds refusals taken on this connection, this one included
+   */
+  #setAside(symbols, error, rounds) {
+    const epoch = this.#epoch;
+    const current = () => epoch === this.#epoch && this.#state === "live";
+    const refused = `subscribing again was refused: ${error.code}: ${error.message}`;
+    if (rounds > SET_ASIDE_ROUNDS) {
+      this.#lost(new FeedError("refused", `${refused} (${SET_ASIDE_ROUNDS} times)`));
+      return;
+    }
+    this.symbols().then(
+      (known) => {
+        if (!current()) return; // lost, or closed, meanwhile
+        const have = new Set(known);
+        const rest = [];
+        for (const symbol of symbols) {
+          if (!this.#wanted.has(symbol)) continue; // unsubscribed meanwhile
+          if (have.has(symbol)) {
+            this.#refused.delete(symbol);
+            rest.push(symbol);
+          } else {
+            this.#refused.set(symbol, `${error.code}: ${error.message}`);
+          }
+        }
+        if (this.#refused.size > 0) {
+          const { code, message } = error;
+          this.#emit("refused", { symbols: [...this.#refused.keys()], code, message });
+        }
+        if (current() && rest.length > 0) this.#resubscribe(rest, rounds);
+      },
+      (/** @type {Error} */ e) => {
+        const why = `${refused}; GET /symbols: ${e.message}`;
+        if (current()) this.#lost(new FeedError("refused", why));
+      },
+    );
   }
 
   /** Ask for the server's clock. */

@@ -8,12 +8,13 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import net from "node:net";
 import { createInterface } from "node:readline";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 
-import { FeedClient, FeedError } from "../../feed/web/feed-client.js";
+import { FeedClient, FeedError, SET_ASIDE_ROUNDS } from "../../feed/web/feed-client.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const FEED_URL = process.env.FEED_URL;
@@ -110,6 +111,41 @@ async function serve(t, args, port = 0) {
   served.port = Number(new URL(served.url).port);
   return served;
 }
+
+/**
+ * A TCP router in front of two servers, as a load balancer in front of two replicas could be:
+ * each connection goes to `ws` when its request is `GET /ws`, else to `http` (ports, which may
+ * be changed). `url` is its ws:// URL; `drop()` ends the connections under way. Closed when the
+ * test ends.
+ */
+async function router(t, targets) {
+  const sockets = new Set();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", ignore);
+    socket.once("data", (head) => {
+      const port = head.toString("latin1").startsWith("GET /ws") ? targets.ws : targets.http;
+      const upstream = net.connect(port, "127.0.0.1");
+      sockets.add(upstream);
+      upstream.on("close", () => socket.destroy());
+      upstream.on("error", ignore);
+      socket.on("close", () => upstream.destroy());
+      upstream.write(head);
+      socket.pipe(upstream).pipe(socket);
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+  });
+  const drop = () => sockets.forEach((socket) => socket.destroy());
+  return { url: `ws://127.0.0.1:${server.address().port}/ws`, targets, drop };
+}
+
+function ignore() {}
 
 test("subscribes and receives snapshots in seq order, counted per symbol", TIMEOUT, async (t) => {
   const feed = client(t, FEED_URL);
@@ -299,4 +335,76 @@ test("the watchdog reconnects when the server stops sending", TIMEOUT, async (t)
   }
   await when(feed, "snapshot", (snap, info) => info.kind === "snapshot"); // resubscribed
   assert.deepEqual(seen, ["connecting", "live", "reconnecting", "live"]);
+});
+
+test("symbols a restarted server lacks are set aside, let go or taken back", TIMEOUT, async (t) => {
+  const first = await serve(t, ["--symbols", "4", "--rate", "400"]);
+  const feed = client(t, first.url);
+  const seen = states(feed);
+  const errors = [];
+  feed.on("error", (error) => errors.push(error.code));
+  feed.connect();
+  await feed.subscribe(["AAPL", "MSFT", "NVDA"]);
+  const lost = when(feed, "state", ({ state }) => state === "reconnecting");
+  await first.kill();
+  await lost;
+
+  const refusedEvent = when(feed, "refused");
+  const aaplOnly = ["--source", "simulator,stdin", "--symbols", "1", "--rate", "400"];
+  const second = await serve(t, aaplOnly, first.port); // AAPL; others join with a tick on stdin
+  const [refused] = await refusedEvent;
+  const message = "unknown symbol(s): MSFT, NVDA";
+  assert.deepEqual(refused, { symbols: ["MSFT", "NVDA"], code: "unknown_symbol", message });
+  const reason = `unknown_symbol: ${message}`;
+  assert.deepEqual(feed.refused, new Map([["MSFT", reason], ["NVDA", reason]]));
+  await when(feed, "snapshot", (snap) => snap.symbol === "AAPL"); // the others are served
+  assert.equal(feed.state, "live");
+
+  const before = errors.length;
+  assert.deepEqual(await feed.unsubscribe(["NVDA"]), { type: "unsubscribed", symbols: ["NVDA"] });
+  assert.deepEqual([...feed.refused.keys()], ["MSFT"]);
+  await assert.rejects(feed.subscribe(["MSFT"]), { code: "unknown_symbol", message: /MSFT/ });
+  assert.deepEqual([...feed.refused.keys()], ["MSFT"]); // still held, still set aside
+  assert.deepEqual(errors.slice(before), ["unknown_symbol"]); // that subscribe's; not NVDA's
+
+  second.write('{"type":"trade","symbol":"MSFT","price":2.5,"size":7}\n');
+  await second.waitLog(/stdin: connecting -> live/); // MSFT has joined
+  const msft = when(feed, "snapshot", (snap) => snap.symbol === "MSFT");
+  assert.deepEqual((await feed.subscribe(["MSFT"])).symbols, ["MSFT"]);
+  assert.deepEqual(feed.refused, new Map());
+  const [snap] = await msft;
+  assert.deepEqual([snap.seq, snap.last, snap.last_size], [1, 2.5, 7]);
+  assert.deepEqual(seen, ["connecting", "live", "reconnecting", "live"]); // one connection since
+});
+
+test("a resubscribe refused round after round drops the connection", TIMEOUT, async (t) => {
+  // /symbols (from `listing`) lists MSFT, which the server behind /ws (`lacking`) refuses: each
+  // round subscribes to it again, and is refused again.
+  const listing = await serve(t, ["--symbols", "4", "--rate", "400"]);
+  const aaplOnly = ["--source", "simulator,stdin", "--symbols", "1", "--rate", "400"];
+  const lacking = await serve(t, aaplOnly);
+  const front = await router(t, { ws: listing.port, http: listing.port });
+  const feed = client(t, front.url);
+  const errors = [];
+  feed.on("error", (error) => errors.push(error));
+  feed.connect();
+  await feed.subscribe(["AAPL", "MSFT"]);
+
+  const dropped = when(feed, "error", (error) => error.code === "refused");
+  front.targets.ws = lacking.port;
+  front.drop();
+  const [error] = await dropped;
+  const times = `(${SET_ASIDE_ROUNDS} times)`;
+  assert.match(error.message, /^subscribing again was refused: unknown_symbol: .*MSFT/);
+  assert.ok(error.message.endsWith(times), error.message);
+  const codes = errors.map((e) => e.code);
+  const refusals = codes.slice(codes.indexOf("connection_lost") + 1, codes.indexOf("refused"));
+  assert.deepEqual(refusals, Array(SET_ASIDE_ROUNDS + 1).fill("unknown_symbol"));
+  assert.deepEqual(feed.refused, new Map()); // /symbols lists it: not set aside
+
+  lacking.write('{"type":"trade","symbol":"MSFT","price":2.5,"size":7}\n');
+  await lacking.waitLog(/stdin: connecting -> live/);
+  const [snap] = await when(feed, "snapshot", (s) => s.symbol === "MSFT" && s.last === 2.5);
+  assert.equal(snap.seq, 1); // from the server behind /ws, reconnected to
+  assert.equal(feed.state, "live");
 });
