@@ -133,9 +133,9 @@ def runs(chunk: Lines) -> Iterator[tuple[list[bytes], int, list[int]]]:
     """The chunk's lines in runs of at most MAX_FOLD: each run's lines, the number of its first
     line, and the numbers of the overlong lines up to its end (the last run takes the rest)."""
     lines, longs = chunk.lines, chunk.too_long
-    if not lines:
-        if longs:
-            yield [], chunk.first, longs
+    if len(lines) <= MAX_FOLD:  # one run, the usual case
+        if lines or longs:
+            yield lines, chunk.first, longs
         return
     for start in range(0, len(lines), MAX_FOLD):
         run = lines[start : start + MAX_FOLD]
@@ -396,22 +396,10 @@ class StdinSource(LineSource):
         splitter = LineSplitter(self.settings.max_line)
 
         def on_data(data: bytes) -> None:
-            chunk = splitter.whole(data)
-            if chunk is not None and len(chunk.lines) <= SMALL_BATCH:
-                # The usual arrival: a few whole lines, folded with the fewest steps, as the
-                # first one after an idle moment runs with cold caches (docs/performance.md).
-                self.counters["lines"] += len(chunk.lines)
-                rows, rejects = tickparse.parse_lines_rows(
-                    chunk.lines, intern, time.time_ns(), chunk.first, self._names
-                )
-                self._reject(rejects)
-                if rows:
-                    self.emit_rows(rows)  # heard, then applied
-                else:
-                    self.heard()
-                return
             self.heard()
-            self._fold(chunk or splitter.feed(data), intern)
+            # The usual arrival, a few whole lines, skips the general splitter: the first fold
+            # after an idle moment runs with cold caches (docs/performance.md, step 19).
+            self._fold(splitter.whole(data) or splitter.feed(data), intern)
 
         try:
             await source.pump(on_data)
