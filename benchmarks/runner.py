@@ -83,6 +83,19 @@ def _get_json(url: str, timeout: float = 5.0) -> Any:
         return orjson.loads(response.read())
 
 
+def stop_group(process: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM to the process's group, SIGKILL to whatever of it is left after `grace`
+    seconds; the process's exit code."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # anything of the group still alive
+    return process.wait()
+
+
 def ticks_of(stats: dict[str, Any]) -> int:
     """Ticks folded so far, from our /stats or a peer's."""
     if "market" in stats:
@@ -157,19 +170,11 @@ class Server:
 
     def stop(self) -> int | None:
         """SIGTERM to the whole group, SIGKILL after 10 s; returns the exit code."""
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # anything of the group still alive
-        process.wait()
+        code = stop_group(self.process, 10)
         self._log.close()
-        return process.returncode
+        return code
 
 
 def producer_command(scenario: Scenario) -> list[str]:
@@ -275,19 +280,11 @@ class Producer:
 
     def stop(self) -> int | None:
         """SIGTERM to its group, SIGKILL after 5 s; returns the exit code."""
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        code = stop_group(self.process, 5)
         self._log.close()
-        return process.returncode
+        return code
 
 
 def _check_symbols(server: Server, scenario: Scenario) -> None:
