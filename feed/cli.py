@@ -1,6 +1,6 @@
-"""The command line: `feed serve` runs the feed, `feed simulate` prints simulated ticks,
-`feed publish` sends ticks from stdin to a feed's producer endpoint, `feed watch` shows symbols
-as a live table.
+"""The command line: `feed serve` runs the feed, `feed ingest` and `feed gateway` run it split
+over NATS (docs/scaling.md), `feed simulate` prints simulated ticks, `feed publish` sends ticks
+from stdin to a feed's producer endpoint, `feed watch` shows symbols as a live table.
 
 Every config key can be set from here: the common ones have their own flags, any other goes
 through `--set section.key=value`.
@@ -34,40 +34,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the feed")
-    serve.add_argument(
-        "--config",
-        type=Path,
-        help=f"TOML config file (default: {DEFAULT_CONFIG} if it exists, else built-in defaults)",
+    serve = commands.add_parser("serve", help="run the feed (embedded: no broker)")
+    _add_sources(serve)
+    ingest = commands.add_parser(
+        "ingest",
+        help="run the sources and publish every changed snapshot on NATS ([bus])",
+        description="Run the sources and the coalescer, and publish each changed snapshot on "
+        "NATS (<prefix>.snap.<SYMBOL>, kept per symbol by a JetStream stream), with a "
+        "heartbeat. Serves /healthz, /stats and the producer endpoint /ingest on server.port.",
     )
-    serve.add_argument("--host", help="address to listen on (server.host)")
-    serve.add_argument("--port", type=int, help="port to listen on, 0 for any (server.port)")
-    serve.add_argument("--symbols", type=int, help="simulated symbol count (simulator.symbols)")
-    serve.add_argument("--rate", type=float, help="simulated ticks per second (simulator.rate)")
-    serve.add_argument(
-        "--source",
-        metavar="KIND[,KIND...]",
-        help="the source kinds to run, e.g. stdin or simulator,binance (source.kinds)",
+    _add_sources(ingest)
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve /ws, the dashboard and HTTP from the snapshots on NATS ([bus])",
+        description="Serve clients exactly as `feed serve` does, from the snapshots the ingest "
+        "nodes publish on NATS: reads the newest of every symbol, then follows them live.",
     )
-    serve.add_argument(
-        "--record", metavar="FILE", help="record every accepted tick as NDJSON (record.file)"
+    _add_common(gateway)
+    gateway.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port with SO_REUSEPORT, e.g. one per core (server.workers)",
     )
-    serve.add_argument(
-        "--replay", metavar="FILE", help="play a recorded NDJSON or CSV tick file (replay.file)"
-    )
-    serve.add_argument(
-        "--speed", type=float, help="replay speed: 1 real time, N times faster, 0 unpaced"
-    )
-    serve.add_argument("--loop", action="store_true", default=None, help="replay in a loop")
-    serve.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any config key (repeatable), e.g. --set limits.max_connections=500",
-    )
-
     simulate = commands.add_parser(
         "simulate",
         help="write simulated ticks to stdout as NDJSON",
@@ -106,6 +94,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML config file (default: {DEFAULT_CONFIG} if it exists, else built-in defaults)",
+    )
+    parser.add_argument("--host", help="address to listen on (server.host)")
+    parser.add_argument("--port", type=int, help="port to listen on, 0 for any (server.port)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key (repeatable), e.g. --set limits.max_connections=500 "
+        "or --set bus.url=nats://10.0.0.5:4222",
+    )
+
+
+def _add_sources(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--symbols", type=int, help="simulated symbol count (simulator.symbols)")
+    parser.add_argument("--rate", type=float, help="simulated ticks per second (simulator.rate)")
+    parser.add_argument(
+        "--source",
+        metavar="KIND[,KIND...]",
+        help="the source kinds to run, e.g. stdin or simulator,binance (source.kinds)",
+    )
+    parser.add_argument(
+        "--record", metavar="FILE", help="record every accepted tick as NDJSON (record.file)"
+    )
+    parser.add_argument(
+        "--replay", metavar="FILE", help="play a recorded NDJSON or CSV tick file (replay.file)"
+    )
+    parser.add_argument(
+        "--speed", type=float, help="replay speed: 1 real time, N times faster, 0 unpaced"
+    )
+    parser.add_argument("--loop", action="store_true", default=None, help="replay in a loop")
+
+
 def _serve_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {}
 
@@ -117,6 +145,7 @@ def _serve_config(args: argparse.Namespace) -> Config:
     for flag, section, key in (
         ("host", "server", "host"),
         ("port", "server", "port"),
+        ("workers", "server", "workers"),
         ("symbols", "simulator", "symbols"),
         ("rate", "simulator", "rate"),
         ("record", "record", "file"),
@@ -124,12 +153,12 @@ def _serve_config(args: argparse.Namespace) -> Config:
         ("speed", "replay", "speed"),
         ("loop", "replay", "loop"),
     ):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             put(section, key, value)
-    if args.source is not None:
+    if getattr(args, "source", None) is not None:
         put("source", "kinds", args.source)
-    elif args.replay is not None:
+    elif getattr(args, "replay", None) is not None:
         put("source", "kinds", "replay")
     path = args.config
     if path is None and DEFAULT_CONFIG.exists():
@@ -147,39 +176,61 @@ def _run(main: Any) -> None:
         uvloop.run(main)
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, role: str = "serve", reuse_port: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then close every client with 1001 and stop cleanly."""
     from aiohttp import web
 
     from feed.server import NODE, create_app
 
-    app = create_app(config)
+    app = create_app(config, role=role)
     node = app[NODE]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
-    await site.start()
+    await runner.setup()  # starts the background: pipeline or follower, sweeper
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    for sock in sockets:
-        host, port = sock.getsockname()[:2]
-        log.info(
-            "listening on ws://%s:%d/ws (dashboard: http://%s:%d/; HTTP: /symbols /snapshot "
-            "/healthz /stats)",
-            host,
-            port,
-            host,
-            port,
+    if node.follower is not None:
+        log.info("reading the newest snapshots from NATS (%s)", ", ".join(config.bus.url))
+        ready = asyncio.ensure_future(node.follower.ready.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopping.cancel()
+    if not stop.is_set():
+        site = web.TCPSite(
+            runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port
         )
-    log.info("source: %s", "; ".join(source.describe() for source in node.pipeline.sources))
-    await stop.wait()
-    log.info("shutting down: closing %d connection(s)", len(node.hub.connections))
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        for sock in sockets:
+            host, port = sock.getsockname()[:2]
+            if node.hub is not None:
+                log.info(
+                    "listening on ws://%s:%d/ws (dashboard: http://%s:%d/; HTTP: /symbols "
+                    "/snapshot /healthz /stats)",
+                    host,
+                    port,
+                    host,
+                    port,
+                )
+            else:
+                log.info("listening on http://%s:%d/ (/healthz /stats)", host, port)
+        if node.pipeline is not None:
+            log.info("source: %s", "; ".join(source.describe() for source in node.pipeline.sources))
+        await stop.wait()
+    connections = len(node.hub.connections) if node.hub is not None else 0
+    log.info("shutting down: closing %d connection(s)", connections)
     await runner.cleanup()
     log.info("stopped")
+
+
+def workers_child() -> bool:
+    """Whether this process is one of `feed gateway --workers N` (it binds with SO_REUSEPORT)."""
+    import os
+
+    return bool(os.environ.get("FEED_WORKER"))
 
 
 PRIME_MOST = 1_000_000
@@ -272,7 +323,7 @@ def _opening(sim: Any, most: int) -> tuple[Any, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "ingest", "gateway"):
         try:
             config = _serve_config(args)
         except ConfigError as exc:
@@ -283,8 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.Formatter.converter = time.gmtime
+        if args.command == "gateway" and config.server.workers > 1:
+            from feed import workers
+
+            return workers.supervise(config, list(argv if argv is not None else sys.argv[1:]))
         try:
-            _run(serve(config))
+            _run(serve(config, args.command, reuse_port=workers_child()))
         except ConfigError as exc:  # a value only wrong in context, found building the sources
             print(f"feed: {exc}", file=sys.stderr)
             return 2

@@ -32,6 +32,7 @@ SNAPSHOT_FIELDS = (
     "volume",
     "vwap",
     "trades",
+    "epoch",
 )
 """The fields of a snapshot, in wire order (docs/protocol.md)."""
 
@@ -89,8 +90,10 @@ class Coalescer:
         symbols: SymbolTable,
         small_batch: int = SMALL_BATCH,
         few_symbols: int = FEW_SYMBOLS,
+        epoch: int = 0,
     ) -> None:
         self._symbols = symbols
+        self._epoch = epoch
         self._small_batch = small_batch
         self._few_symbols = few_symbols
         self._capacity = 0
@@ -111,6 +114,34 @@ class Coalescer:
     @property
     def symbols(self) -> SymbolTable:
         return self._symbols
+
+    @property
+    def epoch(self) -> int:
+        """When this lineage of state began (ms since the Unix epoch): every snapshot says it,
+        so a reader can tell `seq` restarting from `seq` going backwards."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._write_rows()  # rows carry the epoch they were read with
+        self._epoch = value
+
+    def restore(self, sym: int, snapshot: dict[str, Any]) -> None:
+        """Set `sym`'s state to a snapshot this coalescer (or one before it) produced: what an
+        ingest node does on restart, so `seq`, volume, VWAP and high/low carry on. The notional
+        is rebuilt as vwap x volume (exact up to float rounding)."""
+        self._grow()
+        self._check(sym, sym)
+        self._rows.pop(sym, None)
+        self._notional.pop(sym, None)
+        c = self._cols
+        for name in _ROW_INTS:
+            c[name][sym] = snapshot.get(name) or 0
+        for name in _ROW_FLOATS:
+            value = snapshot.get(name)
+            c[name][sym] = np.nan if value is None else value
+        vwap, volume = snapshot.get("vwap"), snapshot.get("volume") or 0
+        c["notional"][sym] = vwap * volume if vwap is not None else np.nan
 
     def _grow(self) -> None:
         """Make room for symbols added to the table since the last call."""
@@ -324,8 +355,8 @@ class Coalescer:
             traded.tolist(),
             strict=True,
         )
-        names = self._symbols
-        return [_snapshot(names[row[0]], *row[1:]) for row in rows]
+        names, epoch = self._symbols, self._epoch
+        return [_snapshot(names[row[0]], row[1], epoch, *row[2:]) for row in rows]
 
     def current(self, indices: list[int]) -> list[dict[str, Any]]:
         """`snapshots`, without copies where the state lives in Python: the caller reads them
@@ -351,6 +382,7 @@ class Coalescer:
         return _snapshot(
             self._symbols[i],
             row[_SEQ],
+            self._epoch,
             row[_TS],
             row[_LAST],
             row[_LAST_SIZE],
@@ -372,6 +404,7 @@ class Coalescer:
 def _snapshot(
     symbol: str,
     seq: int,
+    epoch: int,
     ts: int,
     last: float,
     last_size: int,
@@ -404,4 +437,5 @@ def _snapshot(
         "volume": volume,
         "vwap": vwap if traded else None,
         "trades": trades,
+        "epoch": epoch,
     }

@@ -60,6 +60,7 @@ one_of = _one_of
 class ServerConfig:
     host: str = _key("127.0.0.1")
     port: int = _key(8080, _port)
+    workers: int = _key(1, _at_least_one)
 
 
 def _known_kinds(value: Any) -> str | None:
@@ -113,6 +114,48 @@ class GcConfig:
     settle: float = _key(2.0, _positive)
 
 
+def _subscribe_mode(value: Any) -> str | None:
+    return None if value in ("all", "held") else "must be all or held"
+
+
+def _subject_token(value: Any) -> str | None:
+    if not value:
+        return "must not be empty"
+    bad = [part for part in value.split(".") if not part or any(c in part for c in " *>\t")]
+    return f"must be NATS subject tokens joined by dots ({bad[0]!r} is not one)" if bad else None
+
+
+def _urls(value: Any) -> str | None:
+    if not value:
+        return "must name at least one NATS URL"
+    bad = [url for url in value if not url.startswith(("nats://", "tls://", "ws://", "wss://"))]
+    return f"must be nats:// (or tls://, ws://, wss://) URLs ({bad[0]!r} is not)" if bad else None
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """NATS, for `feed ingest` and `feed gateway` (docs/scaling.md); `feed serve` never uses it."""
+
+    url: tuple[str, ...] = _key(("nats://127.0.0.1:4222",), _urls)
+    prefix: str = _key("feed", _subject_token)
+    stream: str = _key("")
+    user: str = _key("")
+    password: str = _key("")
+    token: str = _key("")
+    creds: str = _key("")
+    node: str = _key("")
+    subscribe: str = _key("all", _subscribe_mode)
+    heartbeat_interval: float = _key(1.0, _positive)
+    stale_after: float = _key(3.0, _positive)
+    reconnect_wait: float = _key(0.5, _positive)
+    connect_timeout: float = _key(2.0, _positive)
+    read_timeout: float = _key(10.0, _positive)
+    storage: str = _key("file", _one_of("file", "memory"))
+    replicas: int = _key(1, _at_least_one)
+    pending_messages: int = _key(100_000, _at_least_one)
+    pending_bytes: int = _key(64 * 1024 * 1024, _at_least_one)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _key("info", _one_of("debug", "info", "warning", "error"))
@@ -132,6 +175,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
     log: LogConfig = field(default_factory=LogConfig)
     kinds: dict[str, Any] = field(default_factory=_default_kind_sections)
     """One section per registered source kind (`[simulator]`, `[replay]`, ...), by kind name:

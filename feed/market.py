@@ -1,12 +1,15 @@
-"""The market: every symbol's folded state and its encoded snapshot, in one place.
+"""The market: every symbol's newest snapshot, encoded, in one place.
 
-What the pipeline writes into and what every reader (the fan-out, HTTP snapshots, new
-subscribers) reads from. Each snapshot is encoded once per change, and the frame that carries it
-alone is built at most once per change: the same bytes then go to every subscriber.
+What every reader (the fan-out, HTTP snapshots, new subscribers) reads from. It is written in
+one of two ways: folded from ticks (`apply`, in `feed serve` and `feed ingest`), or fed the
+snapshots another process folded (`put`, in `feed gateway`), which keeps only the newest of each
+symbol by (`epoch`, `seq`). Each snapshot is encoded once per change, and the frame that carries
+it alone is built at most once per change: the same bytes then go to every subscriber.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,11 +20,18 @@ from feed.coalescer import FEW_SYMBOLS, Coalescer
 from feed.symbols import SymbolTable
 
 
+def new_epoch() -> int:
+    """An epoch for state that begins now: ms since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
 class Market:
-    def __init__(self, symbols: Iterable[str] = ()) -> None:
+    def __init__(self, symbols: Iterable[str] = (), epoch: int | None = None) -> None:
         self.symbols = SymbolTable(symbols)
-        self.coalescer = Coalescer(self.symbols)
+        self.coalescer = Coalescer(self.symbols, epoch=new_epoch() if epoch is None else epoch)
         self._latest: list[bytes | None] = []
+        self._versions: list[tuple[int, int]] = []
+        """Per symbol fed by `put`: the (epoch, seq) of the snapshot held."""
         self._frames: list[bytes | None] = []
         """Per symbol, the update frame carrying only its newest snapshot, once built."""
         self.ticks = 0
@@ -42,14 +52,60 @@ class Market:
         self.batches += 1
         return self._encode(syms)
 
-    def _encode(self, syms: list[int]) -> list[int]:
-        if not syms:
-            return syms
-        latest, frames = self._latest, self._frames
+    @property
+    def epoch(self) -> int:
+        return self.coalescer.epoch
+
+    def restore(self, snapshots: Iterable[dict[str, Any]]) -> list[int]:
+        """Carry on from snapshots this market's lineage produced (an ingest node restarting):
+        each symbol's state is set to its snapshot, and the market takes their epoch."""
+        coalescer, symbols = self.coalescer, self.symbols
+        restored = []
+        for snapshot in snapshots:
+            coalescer.epoch = snapshot["epoch"]
+            sym = symbols.get(snapshot["symbol"])
+            if sym is None:
+                sym = symbols.add(snapshot["symbol"])
+            coalescer.restore(sym, snapshot)
+            restored.append(sym)
+        return self._encode(restored)
+
+    def put(self, name: str, payload: bytes, epoch: int, seq: int) -> int | None:
+        """Hold `payload`, the encoded snapshot of `name` at (`epoch`, `seq`), if it is newer
+        than the one held; returns the symbol when it was taken, None when it was older."""
+        symbols = self.symbols
+        sym = symbols.get(name)
+        if sym is None:
+            sym = symbols.add(name)
+        self._grow()
+        versions = self._versions
+        if (epoch, seq) <= versions[sym]:
+            return None
+        versions[sym] = (epoch, seq)
+        self._latest[sym] = payload
+        self._frames[sym] = None
+        self.batches += 1
+        return sym
+
+    def version(self, sym: int) -> tuple[int, int]:
+        """The (epoch, seq) of the snapshot `put` holds for `sym`; (0, 0) before any."""
+        versions = self._versions
+        return versions[sym] if sym < len(versions) else (0, 0)
+
+    def _grow(self) -> None:
+        latest = self._latest
         if len(latest) < len(self.symbols):
             grow = len(self.symbols) - len(latest)
             latest.extend([None] * grow)
-            frames.extend([None] * grow)
+            self._frames.extend([None] * grow)
+            self._versions.extend([(0, 0)] * grow)
+
+    def _encode(self, syms: list[int]) -> list[int]:
+        if not syms:
+            return syms
+        if len(self._latest) < len(self.symbols):
+            self._grow()
+        latest, frames = self._latest, self._frames
         snapshots = self.coalescer.current(syms)
         if len(syms) <= FEW_SYMBOLS:
             # A few ticks at a time: each symbol's frame in one encoding, its snapshot cut from

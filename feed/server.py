@@ -1,7 +1,11 @@
 """The server: an aiohttp application wiring source, pipeline, market and hub to HTTP routes.
 
 `create_app` is the seam: the CLI runs it behind a TCP site, tests run it under
-`aiohttp_client`, and an embedding program can mount it in its own runner.
+`aiohttp_client`, and an embedding program can mount it in its own runner. One app serves the
+three roles (docs/scaling.md):
+- `serve`: sources -> pipeline -> market -> hub (the embedded default, no broker);
+- `ingest`: sources -> pipeline -> market -> the bus (no subscribers of its own);
+- `gateway`: the bus -> follower -> market -> hub (no sources).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 
@@ -18,12 +23,14 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from feed import static
-from feed.config import Config
+from feed.config import Config, ConfigError
+from feed.follower import Follower
 from feed.gcwatch import GcWatch
 from feed.hub import Hub
 from feed.market import Market
 from feed.pipeline import Pipeline
 from feed.protocol import CloseCode
+from feed.publisher import BusSink
 from feed.recorder import Recorder
 from feed.source import BatchStream
 from feed.sources import Source, registry
@@ -36,14 +43,21 @@ log = logging.getLogger(__name__)
 class Node:
     """The parts of one feed process and the role of each (the composition root)."""
 
+    role: str
+    """serve, ingest or gateway."""
     config: Config
     """Every setting, validated at start-up."""
     market: Market
-    """The folded state of every symbol and its encoded snapshot: what all readers read."""
-    hub: Hub
-    """Connections, subscriptions and the fan-out: the pipeline's sink in this process."""
-    pipeline: Pipeline
-    """The sources, who owns which symbol, what is stale: ticks in, snapshots to the sink."""
+    """The newest snapshot of every symbol, encoded: what all readers read."""
+    hub: Hub | None
+    """Connections, subscriptions and the fan-out (serve, gateway)."""
+    pipeline: Pipeline | None
+    """The sources, who owns which symbol, what is stale: ticks in, snapshots to the sink
+    (serve: the hub; ingest: the bus)."""
+    publisher: BusSink | None = None
+    """The pipeline's sink in ingest: each changed snapshot onto NATS, and heartbeats."""
+    follower: Follower | None = None
+    """The market's way in on a gateway: snapshots from NATS, statuses from the nodes."""
     recorder: Recorder | None = None
     """Writes every accepted tick to `record.file`, when set."""
     gc: GcWatch = dataclasses.field(default_factory=GcWatch)
@@ -68,37 +82,56 @@ def _as_source(source: Source | BatchStream) -> Source:
     return StreamSource(source, kind=getattr(source, "kind", type(source).__name__.lower()))
 
 
+ROLES = ("serve", "ingest", "gateway")
+
+
 def create_app(
-    config: Config, source: Source | BatchStream | Sequence[Source | BatchStream] | None = None
+    config: Config,
+    source: Source | BatchStream | Sequence[Source | BatchStream] | None = None,
+    role: str = "serve",
 ) -> web.Application:
-    """The feed as an aiohttp application; `source` (one, or several) defaults to those the
-    config names."""
+    """The feed as an aiohttp application in `role`; `source` (one, or several) defaults to
+    those the config names (serve, ingest)."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
     app = web.Application()
-    if source is None:
-        sources = make_sources(config)
-    elif isinstance(source, Sequence):
-        sources = [_as_source(item) for item in source]
-    else:
-        sources = [_as_source(source)]
     market = Market()
-    hub = Hub(market, config.limits, config.websocket)
-    pipeline = Pipeline(sources, market, hub, max_symbols=config.limits.max_symbols)
-    recorder = None
-    if config.record.file:
-        recorder = Recorder(config.record.file, market.symbols, config.record.flush_interval)
-        pipeline.taps.append(recorder.write)
-    node = Node(config, market, hub, pipeline, recorder)
+    hub = Hub(market, config.limits, config.websocket) if role != "ingest" else None
+    pipeline = publisher = follower = recorder = None
+    sources: list[Source] = []
+    if role != "gateway":
+        if source is None:
+            sources = make_sources(config)
+        elif isinstance(source, Sequence):
+            sources = [_as_source(item) for item in source]
+        else:
+            sources = [_as_source(source)]
+        if hub is None:
+            publisher = BusSink(config.bus, market)
+        sink = hub if hub is not None else publisher
+        assert sink is not None
+        pipeline = Pipeline(sources, market, sink, max_symbols=config.limits.max_symbols)
+        if config.record.file:
+            recorder = Recorder(config.record.file, market.symbols, config.record.flush_interval)
+            pipeline.taps.append(recorder.write)
+    else:
+        assert hub is not None
+        follower = Follower(config.bus, market, hub)
+    node = Node(role, config, market, hub, pipeline, publisher, follower, recorder)
     app[NODE] = node
     app[CONFIG] = config
     app[MARKET] = market
-    app[HUB] = hub
-    app[PIPELINE] = pipeline
-    app.router.add_get("/ws", websocket)
-    app.router.add_get("/symbols", symbols)
-    app.router.add_get("/snapshot", snapshot)
+    if hub is not None:
+        app[HUB] = hub
+        app.router.add_get("/ws", websocket)
+        app.router.add_get("/symbols", symbols)
+        app.router.add_get("/snapshot", snapshot)
+    if pipeline is not None:
+        app[PIPELINE] = pipeline
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
-    app.router.add_routes(static.routes())  # the dashboard: /, /feed-client.js, /web/*
+    if hub is not None:
+        app.router.add_routes(static.routes())  # the dashboard: /, /feed-client.js, /web/*
     for item in sources:
         routes = getattr(item, "routes", None)
         if callable(routes):
@@ -109,22 +142,26 @@ def create_app(
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Run the pipeline and the hub's sweeper for the application's lifetime."""
+    """Run the pipeline (or the follower), the bus and the hub's sweeper for the application's
+    lifetime."""
     node = app[NODE]
     if node.recorder is not None:
         node.recorder.open()
-    tasks = [
-        asyncio.create_task(node.pipeline.run(), name="feed-pipeline"),
-        asyncio.create_task(node.hub.run_sweeper(), name="feed-sweeper"),
-    ]
+    tasks = []
+    if node.follower is not None:
+        tasks.append(asyncio.create_task(node.follower.run(), name="feed-follower"))
+    if node.pipeline is not None:
+        tasks.append(asyncio.create_task(_run_pipeline(node), name="feed-pipeline"))
+    if node.hub is not None:
+        tasks.append(asyncio.create_task(node.hub.run_sweeper(), name="feed-sweeper"))
     if node.recorder is not None:
         tasks.append(asyncio.create_task(node.recorder.run(), name="feed-recorder"))
     node.gc.install()
-    if node.config.gc.freeze:
-        counters = node.hub.counters
+    if node.config.gc.freeze and node.hub is not None:
+        counters, live = node.hub.counters, node.hub.connections
 
         def connections() -> tuple[int, int]:
-            return counters["accepted"], counters["accepted"] - len(node.hub.connections)
+            return counters["accepted"], counters["accepted"] - len(live)
 
         tasks.append(
             asyncio.create_task(node.gc.tend(connections, node.config.gc.settle), name="feed-gc")
@@ -138,14 +175,37 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if node.publisher is not None:
+        await node.publisher.close()
     if node.recorder is not None:
         node.recorder.close()
 
 
+async def _run_pipeline(node: Node) -> None:
+    """The pipeline; in ingest, once the bus is connected and this node's state restored (so
+    `seq` carries on), with the publisher beside it."""
+    assert node.pipeline is not None
+    if node.publisher is None:
+        await node.pipeline.run()
+        return
+    await node.publisher.start()
+    publishing = asyncio.create_task(node.publisher.run(), name="feed-bus-publish")
+    try:
+        await node.pipeline.run()
+        await publishing  # the sources ended: their last state stays published
+    finally:
+        publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publishing
+
+
 async def _close_connections(app: web.Application) -> None:
     """Close every subscriber, and every source's own connections (producers), with 1001."""
-    closing = [app[HUB].close_all(CloseCode.GOING_AWAY, "server shutting down")]
-    for source in app[PIPELINE].sources:
+    node = app[NODE]
+    closing = []
+    if node.hub is not None:
+        closing.append(node.hub.close_all(CloseCode.GOING_AWAY, "server shutting down"))
+    for source in node.pipeline.sources if node.pipeline is not None else ():
         shutdown = getattr(source, "shutdown", None)  # a source with connections of its own
         if callable(shutdown):
             closing.append(shutdown(CloseCode.GOING_AWAY, "server shutting down"))
@@ -159,6 +219,18 @@ def _json(body: object, status: int = 200) -> web.Response:
 async def websocket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     config = request.app[CONFIG]
+    follower = request.app[NODE].follower
+    if follower is not None and not follower.ready.is_set():
+        # A gateway answers subscriptions only once it holds the newest snapshot of every symbol.
+        try:
+            await asyncio.wait_for(follower.ready.wait(), config.bus.read_timeout)
+        except TimeoutError:
+            response = _json(
+                {"error": "not_ready", "message": "the gateway is still reading the snapshots"},
+                status=503,
+            )
+            response.headers["Retry-After"] = "1"
+            return response
     if hub.full:
         hub.counters["rejected_full"] += 1
         response = _json(
@@ -230,21 +302,29 @@ async def healthz(request: web.Request) -> web.Response:
     one has; each source with its state, and how many symbols are stale."""
     node = request.app[NODE]
     pipeline = node.pipeline
-    healthy = not pipeline.failed
-    return _json(
-        {
-            "status": "ok" if healthy else "failed",
-            "pipeline": pipeline.state,
-            "symbols": len(node.market.symbols),
-            "stale_symbols": len(pipeline.stale_symbols),
-            "connections": len(node.hub.connections),
-            "ticks": node.market.ticks,
-            "sources": [
-                {key: status[key] for key in _HEALTH_KEYS} for status in pipeline.source_status()
-            ],
-        },
-        200 if healthy else 503,
-    )
+    body: dict[str, object] = {"role": node.role}
+    healthy = True
+    if pipeline is not None:
+        healthy = not pipeline.failed
+        body["pipeline"] = pipeline.state
+    body["symbols"] = len(node.market.symbols)
+    if node.hub is not None:
+        body["stale_symbols"] = len(node.hub.stale)
+        body["connections"] = len(node.hub.connections)
+    elif pipeline is not None:
+        body["stale_symbols"] = len(pipeline.stale_symbols)
+    if pipeline is not None:
+        body["ticks"] = node.market.ticks
+        body["sources"] = [
+            {key: status[key] for key in _HEALTH_KEYS} for status in pipeline.source_status()
+        ]
+    for part in (node.publisher, node.follower):
+        if part is not None:
+            body["bus"] = part.state
+            # A node cut off from NATS still serves (stale), but a balancer should prefer others.
+            healthy = healthy and part.state in ("connected", "live")
+    body = {"status": "ok" if healthy else "failed"} | body
+    return _json(body, 200 if healthy else 503)
 
 
 _HEALTH_KEYS = ("name", "kind", "state", "reason", "ticks_in", "ticks_rejected", "last_tick_ns")
@@ -254,20 +334,30 @@ async def stats(request: web.Request) -> web.Response:
     """Counters for operators: market, fan-out and source; `?connections=1` adds each
     connection's own (pending, conflated, frames and bytes sent, bytes buffered, stalled)."""
     app = request.app
-    market = app[MARKET]
+    node = app[NODE]
+    market = node.market
     body: dict[str, object] = {
+        "role": node.role,
         "market": {
             "symbols": len(market.symbols),
             "ticks": market.ticks,
             "batches": market.batches,
         },
-        "pipeline": {
-            "state": app[PIPELINE].state,
-            "rejected_batches": app[PIPELINE].rejected_batches,
-            "stale_symbols": len(app[PIPELINE].stale_symbols),
-        },
-        "sources": app[PIPELINE].source_status(),
-        "gc": app[NODE].gc.stats(),
-        "hub": app[HUB].stats(per_connection=request.query.get("connections") == "1"),
     }
+    if node.pipeline is not None:
+        body["market"]["epoch"] = market.epoch  # type: ignore[index]
+    if node.pipeline is not None:
+        body["pipeline"] = {
+            "state": node.pipeline.state,
+            "rejected_batches": node.pipeline.rejected_batches,
+            "stale_symbols": len(node.pipeline.stale_symbols),
+        }
+        body["sources"] = node.pipeline.source_status()
+    for part in (node.publisher, node.follower):
+        if part is not None:
+            body["bus"] = part.stats()
+    body["gc"] = node.gc.stats()
+    body["pid"] = os.getpid()  # which process answered (feed gateway --workers N)
+    if node.hub is not None:
+        body["hub"] = node.hub.stats(per_connection=request.query.get("connections") == "1")
     return _json(body)

@@ -174,6 +174,7 @@ def test_a_quote_moves_only_the_book_and_a_trade_only_the_tape() -> None:
         "volume": 400,
         "vwap": (100.0 * 100 + 101.0 * 300) / 400,
         "trades": 2,
+        "epoch": 0,
     }
 
 

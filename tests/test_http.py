@@ -50,6 +50,7 @@ async def test_healthz_and_stats(start_feed: StartFeed) -> None:
     (source,) = health.pop("sources")
     assert health == {
         "status": "ok",
+        "role": "serve",
         "pipeline": "running",
         "symbols": len(SYMBOLS),
         "stale_symbols": 0,

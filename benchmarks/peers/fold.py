@@ -20,7 +20,7 @@ Snapshot = dict[str, Any]
 def empty_snapshot(symbol: str) -> Snapshot:
     """The state of a symbol before any tick: `SNAPSHOT_FIELDS` in order, unknowns `None`."""
     snapshot: Snapshot = dict.fromkeys(SNAPSHOT_FIELDS)
-    snapshot.update(symbol=symbol, seq=0, ts=0, volume=0, trades=0)
+    snapshot.update(symbol=symbol, seq=0, epoch=0, ts=0, volume=0, trades=0)
     return snapshot
 
 

@@ -24,7 +24,7 @@ const MAX_ID_LENGTH = 64;
 function emptySnapshot(symbol) {
   return {
     symbol, seq: 0, ts: 0, last: null, last_size: null, bid: null, ask: null, bid_size: null,
-    ask_size: null, open: null, high: null, low: null, volume: 0, vwap: null, trades: 0,
+    ask_size: null, open: null, high: null, low: null, volume: 0, vwap: null, trades: 0, epoch: 0,
   };
 }
 
