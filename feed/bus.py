@@ -230,8 +230,8 @@ async def read_newest(
     )
     try:
         info = await sub.consumer_info()
-        if info.num_pending == 0 and not (info.delivered and info.delivered.stream_seq):
-            return count  # an empty stream
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return count  # nothing stored (a new or a purged stream)
         await asyncio.wait_for(done, config.read_timeout)
         return count
     finally:

@@ -1,0 +1,253 @@
+"""Scale-out over NATS, for real: a private `nats-server -js`, `feed ingest` fed NDJSON on its
+stdin, and `feed gateway` processes, with WebSocket clients on the gateways (docs/scaling.md).
+
+The symbols include a dot, a space, a slash and a wildcard, which must each stay one subject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from feed import bus
+from tests.scaleout import (
+    Nats,
+    Role,
+    Tap,
+    Watcher,
+    need_nats,
+    quote,
+    spawn,
+    start_gateway,
+    start_ingest,
+    trade,
+)
+
+SYMBOLS = ["AAPL", "FX.EUR/USD", "BTC USD", "ES*>", "MSFT"]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def nats(tmp_path: Path) -> AsyncIterator[Nats]:
+    need_nats()
+    server = Nats(tmp_path / "jetstream")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(*roles: Role) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for role in roles:
+            await role.proc.stop()
+
+
+async def feed_ticks(ingest: Role, rounds: int, start: float = 100.0) -> dict[str, int]:
+    """`rounds` of one trade and one quote per symbol; the seq each symbol then reaches."""
+    lines = []
+    for n in range(rounds):
+        for i, symbol in enumerate(SYMBOLS):
+            price = start + i + n / 100
+            lines.append(trade(symbol, price))
+            lines.append(quote(symbol, price - 0.01, price + 0.01))
+    await ingest.proc.write(b"\n".join(lines) + b"\n")
+    return dict.fromkeys(SYMBOLS, 2 * rounds)
+
+
+def plus(seqs: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    return {name: seqs[name] + more[name] for name in seqs}
+
+
+async def stored(nats: Nats, seqs: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Wait until the stream holds these seqs (a NATS client of the test's own); its snapshots."""
+    tap = await Tap.open(nats)
+    try:
+        await tap.until_seqs(seqs)
+        return dict(tap.latest)
+    finally:
+        await tap.close()
+
+
+@given(st.text(min_size=1, max_size=64))
+def test_every_symbol_name_is_one_subject_token_and_comes_back(name: str) -> None:
+    token = bus.encode_symbol(name)
+    assert token and not any(c in token for c in ".*> \t\r\n")
+    assert all(ord(c) < 127 for c in token)
+    assert bus.decode_symbol(token) == name
+    subjects = bus.Subjects("feed")
+    assert subjects.symbol_of(subjects.snap(name)) == name
+
+
+async def test_two_gateways_converge_and_a_late_gateway_starts_with_every_symbol(
+    nats: Nats,
+) -> None:
+    ingest = await start_ingest(nats)
+    seqs = await feed_ticks(ingest, 3)
+    await stored(nats, seqs)
+    g1, g2 = await start_gateway(nats), await start_gateway(nats)
+    async with running(g1, g2, ingest):
+        clients = [await Watcher.connect(g.ws_url, SYMBOLS) for g in (g1, g2, g1, g2)]
+        seqs = plus(seqs, await feed_ticks(ingest, 50, start=200.0))
+        for client in clients:
+            await client.until(lambda c: c.has_seqs(seqs), what=f"seqs {seqs}")
+        first = clients[0].latest
+        assert all(client.latest == first for client in clients[1:])
+        assert first["FX.EUR/USD"]["last"] == pytest.approx(201.49)
+        assert first["FX.EUR/USD"]["trades"] == 53
+        # A gateway started now answers with the newest state of every symbol at once.
+        g3 = await start_gateway(nats)
+        async with running(g3):
+            late = await Watcher.connect(g3.ws_url, SYMBOLS)
+            assert late.first_snapshot == first
+            assert sorted(await g3.get("/symbols")) == sorted(SYMBOLS)
+            await late.close()
+        for client in clients:
+            await client.close()
+
+
+async def test_nats_killed_and_restarted_gives_stale_then_live_and_the_right_state(
+    nats: Nats,
+) -> None:
+    ingest = await start_ingest(nats)
+    seqs = await feed_ticks(ingest, 2)
+    await stored(nats, seqs)
+    gateway = await start_gateway(nats)
+    async with running(gateway, ingest):
+        client = await Watcher.connect(gateway.ws_url, SYMBOLS)
+        await client.until(lambda c: c.has_seqs(seqs), what="the first ticks")
+        await nats.kill()
+        await client.until(lambda c: c.status_seen("stale", "bus"), what="stale (bus)")
+        health = await gateway.get("/healthz")
+        assert health["status"] == "failed" and health["stale_symbols"] == len(SYMBOLS)
+        # Ticks while NATS is away are folded by the ingest node and sent once it is back.
+        seqs = plus(seqs, await feed_ticks(ingest, 10, start=300.0))
+        seen = len(client.statuses)
+        await nats.start()
+        await client.until(lambda c: c.status_seen("live", since=seen), what="live again")
+        await client.until(lambda c: c.has_seqs(seqs), what=f"seqs {seqs} after the restart")
+        assert client.latest["MSFT"]["last"] == pytest.approx(304.09)
+        assert (await gateway.get("/healthz"))["status"] == "ok"
+        stats = await gateway.get("/stats")
+        assert stats["bus"]["reconnects"] >= 1 and stats["bus"]["reads"] >= 2
+        await client.close()
+    assert await gateway.proc.stop() == 0
+
+
+async def test_a_restarted_ingest_node_carries_seq_on_and_nothing_goes_backwards(
+    nats: Nats,
+) -> None:
+    ingest = await start_ingest(nats, "a")
+    seqs = await feed_ticks(ingest, 5)
+    await stored(nats, seqs)
+    gateway = await start_gateway(nats)
+    async with running(gateway):
+        client = await Watcher.connect(gateway.ws_url, SYMBOLS)
+        await client.until(lambda c: c.has_seqs(seqs), what="the first ticks")
+        before = dict(client.latest)
+        assert await ingest.proc.stop() == 0
+        # Its heartbeat stops: after bus.stale_after (1 s here) its symbols are stale.
+        await client.until(lambda c: c.status_seen("stale", "ingest node a"), what="stale")
+        seen = len(client.statuses)
+        ingest = await start_ingest(nats, "a")
+        async with running(ingest):
+            await ingest.proc.wait_for(rf"restored {len(SYMBOLS)} symbol")
+            seqs = plus(seqs, await feed_ticks(ingest, 5, start=400.0))
+            await client.until(lambda c: c.has_seqs(seqs), what=f"seqs {seqs} carried on")
+            await client.until(lambda c: c.status_seen("live", since=seen), what="live")
+        for name, versions in client.versions.items():
+            assert versions == sorted(versions), name  # never backwards
+            assert len({epoch for epoch, _ in versions}) == 1, name  # the same lineage
+        after = client.latest
+        for name in SYMBOLS:
+            assert after[name]["trades"] == before[name]["trades"] + 5
+            assert after[name]["volume"] == before[name]["volume"] + 500
+            assert after[name]["low"] == before[name]["low"]  # the day's low carried on
+            assert after[name]["epoch"] == before[name]["epoch"]
+        await client.close()
+
+
+async def test_a_purged_stream_starts_a_new_epoch_that_clients_can_tell(nats: Nats) -> None:
+    ingest = await start_ingest(nats, "a")
+    before = await stored(nats, await feed_ticks(ingest, 3))
+    await ingest.proc.stop()
+    purge = await spawn(
+        "purge",
+        sys.executable,
+        "-c",
+        "import asyncio, nats, sys\n"
+        "async def main():\n"
+        "    nc = await nats.connect(sys.argv[1])\n"
+        "    await nc.jetstream().purge_stream('FEED')\n"
+        "    await nc.close()\n"
+        "asyncio.run(main())\n",
+        nats.url,
+    )
+    assert await purge.wait() == 0
+    ingest = await start_ingest(nats, "a")
+    async with running(ingest):
+        await ingest.proc.wait_for("nothing stored")
+        await stored(nats, await feed_ticks(ingest, 1))
+        gateway = await start_gateway(nats)
+        async with running(gateway):
+            client = await Watcher.connect(gateway.ws_url, SYMBOLS)
+            for name, snap in client.first_snapshot.items():
+                assert snap["seq"] == 2 and before[name]["seq"] == 6  # seq restarted...
+                assert snap["epoch"] > before[name]["epoch"]  # ...and the epoch says so
+            await client.close()
+
+
+async def test_gateway_workers_share_the_port_and_serve_the_same_data(nats: Nats) -> None:
+    ingest = await start_ingest(nats)
+    seqs = await feed_ticks(ingest, 4)
+    await stored(nats, seqs)
+    supervisor = await spawn(
+        "gateway --workers 2",
+        sys.executable,
+        "-m",
+        "feed",
+        "gateway",
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--set",
+        f"bus.url={nats.url}",
+    )
+    match = await supervisor.wait_for(r"2 gateway workers sharing ws://(\S+)/ws")
+    await supervisor.wait_for(r"listening on ws://", count=2)  # both workers hold the snapshots
+    gateway = Role(supervisor, "http://" + match.group(1))
+    async with running(gateway, ingest):
+        clients = [await Watcher.connect(gateway.ws_url, SYMBOLS) for _ in range(24)]
+        for client in clients:
+            await client.until(lambda c: c.has_seqs(seqs), what="the ticks")
+        assert all(client.latest == clients[0].latest for client in clients)
+        # Each HTTP request is a new connection, which the kernel gives to either worker.
+        per_worker: dict[int, int] = {}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(400):
+                async with s.get(gateway.base + "/stats") as response:
+                    stats: dict[str, Any] = await response.json()
+                per_worker[stats["pid"]] = stats["hub"]["connections"]
+                if len(per_worker) == 2:
+                    break
+        assert len(per_worker) == 2, per_worker
+        assert sum(per_worker.values()) == 24 and all(per_worker.values()), per_worker
+        seqs = plus(seqs, await feed_ticks(ingest, 3, start=500.0))
+        for client in clients:
+            await client.until(lambda c: c.has_seqs(seqs), what="more ticks on both workers")
+        for client in clients:
+            await client.close()
+    assert Counter("stopped" in line for line in supervisor.lines)[True] == 2
