@@ -5,6 +5,8 @@ What travels, under `bus.prefix` (here `feed`):
   symbol, exactly the bytes a client receives inside an update; header `Feed-Node` names the node.
   A JetStream stream keeping one message per subject holds the newest of every symbol, so a
   gateway that starts or reconnects reads them all, and an ingest node that restarts carries on.
+- `feed.new.<SYMBOL>`: a symbol's first snapshot, once more (gateways with `bus.subscribe =
+  "held"` follow only the symbols their clients hold, and learn of new ones here).
 - `feed.hb.<NODE>`: each ingest node's heartbeat, every `bus.heartbeat_interval` and at once when
   its stale symbols change: its epoch, how many symbols it owns and which of them are stale.
 
@@ -85,6 +87,15 @@ class Subjects:
     def snaps(self) -> str:
         return f"{self.prefix}.snap.>"
 
+    def new(self, name: str) -> str:
+        """Where a symbol's first snapshot is announced too (gateways following what is held
+        learn of new symbols there)."""
+        return f"{self.prefix}.new.{encode_symbol(name)}"
+
+    @property
+    def news(self) -> str:
+        return f"{self.prefix}.new.>"
+
     def heartbeat(self, node: str) -> str:
         return f"{self.prefix}.hb.{encode_symbol(node)}"
 
@@ -93,8 +104,8 @@ class Subjects:
         return f"{self.prefix}.hb.*"
 
     def symbol_of(self, subject: str) -> str:
-        """The symbol a snapshot subject is about."""
-        return decode_symbol(subject[len(self.prefix) + 6 :])
+        """The symbol a snapshot (or announcement) subject is about."""
+        return decode_symbol(subject[subject.index(".", len(self.prefix) + 1) + 1 :])
 
 
 def stream_name(config: BusConfig) -> str:

@@ -224,7 +224,7 @@ class Feed:
         self._refused: dict[str, str] = {}
         self._refusal: tuple[tuple[str, ...], FeedError] | None = None
         self._rounds = 0
-        self._seqs: dict[str, int] = {}
+        self._seqs: dict[str, tuple[int, int]] = {}
         self._inbox = Inbox()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._state = ConnectionState(State.CONNECTING, url, 0)
@@ -593,10 +593,13 @@ class Feed:
         for item in items:
             snap = Snapshot.from_wire(item)
             symbol = snap.symbol
-            previous = seqs.get(symbol)
-            if previous is not None and snap.seq <= previous:
-                continue
-            seqs[symbol] = snap.seq
+            held = seqs.get(symbol)
+            previous = None
+            if held is not None and held[0] == snap.epoch:  # a new epoch starts seq again
+                previous = held[1]
+                if snap.seq <= previous:
+                    continue
+            seqs[symbol] = (snap.epoch, snap.seq)
             figure = figures.get(symbol)
             if figure is None:
                 figure = figures[symbol] = _Figures()

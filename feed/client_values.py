@@ -42,6 +42,9 @@ class Snapshot:
     volume: int
     vwap: float | None
     trades: int
+    epoch: int = 0
+    """When the feed's state of this symbol began (ms since the Unix epoch): `seq` counts within
+    one epoch, and a newer epoch means the feed's state was lost and `seq` started again."""
 
     @classmethod
     def from_wire(cls, item: Mapping[str, Any]) -> Snapshot:
@@ -50,7 +53,7 @@ class Snapshot:
         return cls(
             item["symbol"], item["seq"], item["ts"], get("last"), get("last_size"), get("bid"),
             get("ask"), get("bid_size"), get("ask_size"), get("open"), get("high"), get("low"),
-            get("volume", 0), get("vwap"), get("trades", 0),
+            get("volume", 0), get("vwap"), get("trades", 0), get("epoch", 0),
         )  # fmt: skip
 
     @property

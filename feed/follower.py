@@ -7,6 +7,12 @@ newest stored snapshot of every symbol (an ordered consumer, last per subject) w
 the live subjects; since nothing older than what is held is ever taken, the order in which the
 two arrive does not matter.
 
+With `bus.subscribe = "held"` a gateway follows live only the symbols its clients hold: one NATS
+subscription per held symbol, made when its first client subscribes (and the newest stored
+snapshot fetched at once, so that client's next update is the newest even if the one it was
+answered with is older) and dropped when its last client goes; new symbols are learnt from
+`<prefix>.new.>`. It still reads every symbol's newest snapshot on start-up and reconnection.
+
 What clients are told, per symbol: `stale` while NATS is away or being re-read ("bus ..."), while
 the ingest node that owns the symbol sends no heartbeat for `bus.stale_after` ("ingest node ...
 silent"), or when that node says the symbol is stale (its source's own reason); `live` again as
@@ -27,6 +33,7 @@ import nats
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from feed import bus
 from feed.config import BusConfig
@@ -78,8 +85,16 @@ class Follower:
             "slow_consumer": 0,
             "disconnects": 0,
             "reconnects": 0,
+            "fetched": 0,
         }
         self.last_read_seconds = 0.0
+        self.held = config.subscribe == "held"
+        self._subscriptions: dict[int, Subscription] = {}
+        """Held mode: the live subscription of each held symbol."""
+        self._holds: list[tuple[list[int], list[int]]] = []
+        self._holds_changed = asyncio.Event()
+        if self.held:
+            hub.registry.on_hold = self._on_hold
         self._owner: dict[int, str] = {}
         self._pending: dict[int, None] = {}
         self._flush_scheduled = False
@@ -89,18 +104,19 @@ class Follower:
     # -- taking snapshots ---------------------------------------------------------------------
 
     def _take(self, msg: Msg) -> None:
+        self._take_parts(msg.subject, msg.data, msg.headers)
+
+    def _take_parts(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> None:
         self.counters["received"] += 1
-        payload = msg.data
         version = bus.version(payload)
         if version is None:
             self.counters["unparsed"] += 1
             return
-        sym = self.market.put(self.subjects.symbol_of(msg.subject), payload, *version)
+        sym = self.market.put(self.subjects.symbol_of(subject), payload, *version)
         if sym is None:
             self.counters["older"] += 1
             return
         self.counters["applied"] += 1
-        headers = msg.headers
         node = headers.get(bus.NODE_HEADER, "") if headers else ""
         if self._owner.get(sym) != node:
             self._own(sym, node)
@@ -130,6 +146,46 @@ class Follower:
             state = self.nodes[node] = NodeState(last_seen=self._clock())
         state.symbols.add(sym)
         self._reconcile([sym])
+
+    # -- held mode ----------------------------------------------------------------------------
+
+    def _on_hold(self, held: list[int], released: list[int]) -> None:
+        self._holds.append((held, released))
+        self._holds_changed.set()
+
+    async def _follow_holds(self, nc: NATS, js: Any) -> None:
+        """Held mode: subscribe to each symbol as it gains its first client, unsubscribe as it
+        loses its last (in order, one change at a time)."""
+        registry, names = self.hub.registry, self.market.symbols
+        stream = bus.stream_name(self.config)
+        while True:
+            await self._holds_changed.wait()
+            self._holds_changed.clear()
+            changes, self._holds = self._holds, []
+            for held, released in changes:
+                for sym in released:
+                    subscription = self._subscriptions.get(sym)
+                    if subscription is not None and not any(registry.subscribers(sym)):
+                        del self._subscriptions[sym]
+                        with contextlib.suppress(Exception):
+                            await subscription.unsubscribe()
+                for sym in held:
+                    if sym in self._subscriptions or not any(registry.subscribers(sym)):
+                        continue
+                    subject = self.subjects.snap(names[sym])
+                    self._subscriptions[sym] = await nc.subscribe(
+                        subject,
+                        cb=self._on_live,
+                        pending_msgs_limit=self.config.pending_messages,
+                        pending_bytes_limit=self.config.pending_bytes,
+                    )
+                    try:
+                        stored = await js.get_last_msg(stream, subject, direct=True)
+                    except Exception:  # none stored yet, or NATS away: the live one follows
+                        continue
+                    if stored.data is not None and stored.subject is not None:
+                        self.counters["fetched"] += 1
+                        self._take_parts(stored.subject, stored.data, stored.headers)
 
     # -- staleness ----------------------------------------------------------------------------
 
@@ -231,24 +287,30 @@ class Follower:
             error=self._error,
         )
         js = nc.jetstream()
-        watcher = asyncio.create_task(self._watch(), name="feed-bus-watch")
+        helpers = [asyncio.create_task(self._watch(), name="feed-bus-watch")]
         try:
             await nc.subscribe(
-                self.subjects.snaps,
+                self.subjects.news if self.held else self.subjects.snaps,
                 cb=self._on_live,
                 pending_msgs_limit=self.config.pending_messages,
                 pending_bytes_limit=self.config.pending_bytes,
             )
             await nc.subscribe(self.subjects.heartbeats, cb=self._on_heartbeat)
+            if self.held:
+                helpers.append(
+                    asyncio.create_task(self._follow_holds(nc, js), name="feed-bus-holds")
+                )
             self._reread.set()
             while True:
                 await self._reread.wait()
                 self._reread.clear()
                 await self._read(js)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for helper in helpers:
+                helper.cancel()
+            for helper in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             with contextlib.suppress(Exception):
                 await nc.close()
 
@@ -287,6 +349,8 @@ class Follower:
             "role": "gateway",
             "state": self.state,
             "server": nc.connected_url.netloc if nc is not None and nc.connected_url else None,
+            "subscribe": self.config.subscribe,
+            "symbol_subscriptions": len(self._subscriptions),
             "last_read_seconds": round(self.last_read_seconds, 4),
             "nodes": {
                 name: {

@@ -53,6 +53,8 @@ class BusSink:
         self._stale: dict[str, str] = {}
         self._stale_changed = False
         self._subjects: list[str] = []
+        self._announced = bytearray()
+        """Per symbol, 1 once its first snapshot was announced on <prefix>.new (or restored)."""
         self._headers = {bus.NODE_HEADER: self.node}
         self._nc: NATS | None = None
 
@@ -106,8 +108,11 @@ class BusSink:
             epochs = {snapshot["epoch"] for snapshot in mine}
             newest = max(epochs)
             kept = [snapshot for snapshot in mine if snapshot["epoch"] == newest]
-            self.market.restore(kept)
+            restored = self.market.restore(kept)
             self.counters["restored"] = len(kept)
+            self._announced = bytearray(len(self.market.symbols))
+            for sym in restored:
+                self._announced[sym] = 1
             log.info(
                 "node %s restored %d symbol(s) from stream %s (epoch %d)",
                 self.node,
@@ -156,9 +161,15 @@ class BusSink:
                 subjects.extend(
                     self.subjects.snap(names[i]) for i in range(len(subjects), len(names))
                 )
-            payload = market.payload
+            payload, announced = market.payload, self._announced
+            if len(announced) < len(subjects):
+                announced.extend(bytes(len(subjects) - len(announced)))
             for sym in syms:
-                await nc.publish(subjects[sym], payload(sym), headers=headers)
+                data = payload(sym)
+                await nc.publish(subjects[sym], data, headers=headers)
+                if not announced[sym]:
+                    announced[sym] = 1
+                    await nc.publish(self.subjects.new(market.symbols[sym]), data, headers=headers)
             self.counters["published"] += len(syms)
             self.counters["publish_rounds"] += 1
 

@@ -6,6 +6,7 @@ The symbols include a dot, a space, a slash and a wildcard, which must each stay
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from collections import Counter
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats as nats_py
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import feed.client
 from feed import bus
 from tests.scaleout import (
     Nats,
@@ -182,31 +185,40 @@ async def test_a_restarted_ingest_node_carries_seq_on_and_nothing_goes_backwards
 async def test_a_purged_stream_starts_a_new_epoch_that_clients_can_tell(nats: Nats) -> None:
     ingest = await start_ingest(nats, "a")
     before = await stored(nats, await feed_ticks(ingest, 3))
-    await ingest.proc.stop()
-    purge = await spawn(
-        "purge",
-        sys.executable,
-        "-c",
-        "import asyncio, nats, sys\n"
-        "async def main():\n"
-        "    nc = await nats.connect(sys.argv[1])\n"
-        "    await nc.jetstream().purge_stream('FEED')\n"
-        "    await nc.close()\n"
-        "asyncio.run(main())\n",
-        nats.url,
-    )
-    assert await purge.wait() == 0
-    ingest = await start_ingest(nats, "a")
-    async with running(ingest):
-        await ingest.proc.wait_for("nothing stored")
-        await stored(nats, await feed_ticks(ingest, 1))
-        gateway = await start_gateway(nats)
-        async with running(gateway):
-            client = await Watcher.connect(gateway.ws_url, SYMBOLS)
-            for name, snap in client.first_snapshot.items():
-                assert snap["seq"] == 2 and before[name]["seq"] == 6  # seq restarted...
-                assert snap["epoch"] > before[name]["epoch"]  # ...and the epoch says so
-            await client.close()
+    gateway = await start_gateway(nats)
+    async with running(gateway), feed.client.connect(gateway.ws_url) as python_client:
+        raw = await Watcher.connect(gateway.ws_url, SYMBOLS)
+        await python_client.subscribe(SYMBOLS)
+        await ingest.proc.stop()
+        nc = await nats_py.connect(nats.url)
+        await nc.jetstream().purge_stream("FEED")  # the state is truly lost
+        await nc.close()
+        ingest = await start_ingest(nats, "a")
+        async with running(ingest):
+            await ingest.proc.wait_for("nothing stored")
+            await stored(nats, await feed_ticks(ingest, 1))
+            # Clients still connected see seq start again, and the epoch says why.
+            await raw.until(lambda c: c.has_seqs(dict.fromkeys(SYMBOLS, 2)), what="seq 2")
+            for name, snap in raw.latest.items():
+                assert before[name]["seq"] == 6 and snap["epoch"] > before[name]["epoch"]
+
+            async def new_epoch() -> None:
+                async for _snap in python_client:
+                    held = [python_client.latest(name) for name in SYMBOLS]
+                    if all(s is not None and s.seq == 2 for s in held):
+                        return
+
+            await asyncio.wait_for(new_epoch(), 10)
+            assert {python_client.latest(n).epoch for n in SYMBOLS} == {  # type: ignore[union-attr]
+                raw.latest["AAPL"]["epoch"]
+            }
+            # A gateway started now holds only the new lineage.
+            late_gateway = await start_gateway(nats)
+            async with running(late_gateway):
+                late = await Watcher.connect(late_gateway.ws_url, SYMBOLS)
+                assert late.first_snapshot == raw.latest
+                await late.close()
+        await raw.close()
 
 
 async def test_gateway_workers_share_the_port_and_serve_the_same_data(nats: Nats) -> None:
@@ -251,3 +263,74 @@ async def test_gateway_workers_share_the_port_and_serve_the_same_data(nats: Nats
         for client in clients:
             await client.close()
     assert Counter("stopped" in line for line in supervisor.lines)[True] == 2
+
+
+async def test_a_held_gateway_follows_only_the_symbols_its_clients_hold(nats: Nats) -> None:
+    ingest = await start_ingest(nats)
+    seqs = await feed_ticks(ingest, 2)
+    await stored(nats, seqs)
+    gateway = await start_gateway(nats, "--set", "bus.subscribe=held")
+    async with running(gateway, ingest):
+        a = await Watcher.connect(gateway.ws_url, ["AAPL", "MSFT"])
+        await a.until(lambda c: c.has_seqs({"AAPL": 4, "MSFT": 4}), what="the stored state")
+        newest = plus(seqs, await feed_ticks(ingest, 3, start=600.0))
+        await a.until(lambda c: c.has_seqs({"AAPL": 10, "MSFT": 10}), what="live updates")
+        await stored(nats, newest)
+        # Nobody holds BTC USD: this gateway did not follow it...
+        (unheld,) = await gateway.get("/snapshot?symbols=BTC%20USD")
+        assert unheld["seq"] == 4
+        # ...until a client subscribes: the newest is fetched for it at once, no tick needed.
+        b = await Watcher.connect(gateway.ws_url, ["BTC USD"])
+        await b.until(lambda c: c.has_seqs({"BTC USD": 10}), what="the newest, fetched")
+        stats = await gateway.get("/stats")
+        assert stats["bus"]["subscribe"] == "held" and stats["bus"]["fetched"] >= 1
+        assert stats["bus"]["symbol_subscriptions"] == 3
+        await a.close()
+        await b.close()
+
+
+async def test_a_gateway_that_falls_behind_nats_reads_again_and_ends_right(nats: Nats) -> None:
+    names = [f"S{i:03d}" for i in range(500)]
+    ingest = await start_ingest(nats)
+    await ingest.proc.write(b"\n".join(trade(name, 10.0) for name in names) + b"\n")
+    await stored(nats, dict.fromkeys(names, 1))
+    # A subscription that may buffer 2 messages: any burst overflows it (nats-py drops, and
+    # tells the gateway, which reads the newest of every symbol again).
+    gateway = await start_gateway(nats, "--set", "bus.pending_messages=2")
+    async with running(gateway, ingest):
+        client = await Watcher.connect(gateway.ws_url, names[:100])
+        rounds = 20
+        lines = [trade(name, 10.0 + n) for n in range(rounds) for name in names]
+        await ingest.proc.write(b"\n".join(lines) + b"\n")
+        want = dict.fromkeys(names[:100], rounds + 1)
+        await client.until(lambda c: c.has_seqs(want), timeout=30, what="the newest after drops")
+        stats = await gateway.get("/stats")
+        assert stats["bus"]["slow_consumer"] >= 1 and stats["bus"]["reads"] >= 2
+        for versions in client.versions.values():
+            assert versions == sorted(versions)
+        (last,) = await gateway.get("/snapshot?symbols=S499")
+        assert last["seq"] == rounds + 1 and last["last"] == 10.0 + rounds - 1
+        await client.close()
+
+
+async def test_two_ingest_nodes_split_the_symbols_and_a_dead_one_stales_only_its_own(
+    nats: Nats,
+) -> None:
+    a = await start_ingest(nats, "a")
+    b = await start_ingest(nats, "b")
+    await a.proc.write(trade("AAPL", 1.0) + b"\n" + trade("MSFT", 2.0) + b"\n")
+    await b.proc.write(trade("BTC USD", 3.0) + b"\n" + trade("FX.EUR/USD", 4.0) + b"\n")
+    await stored(nats, dict.fromkeys(["AAPL", "MSFT", "BTC USD", "FX.EUR/USD"], 1))
+    gateway = await start_gateway(nats)
+    async with running(gateway, a):
+        client = await Watcher.connect(gateway.ws_url, ["AAPL", "MSFT", "BTC USD", "FX.EUR/USD"])
+        nodes = (await gateway.get("/stats"))["bus"]["nodes"]
+        assert nodes["a"]["symbols"] == 2 and nodes["b"]["symbols"] == 2
+        await b.proc.stop()
+        await client.until(lambda c: c.status_seen("stale", "ingest node b"), what="b stale")
+        (status,) = [s for s in client.statuses if s["state"] == "stale"]
+        assert sorted(status["symbols"]) == ["BTC USD", "FX.EUR/USD"]
+        await a.proc.write(trade("AAPL", 1.5) + b"\n")
+        await client.until(lambda c: c.has_seqs({"AAPL": 2}), what="a's symbols still live")
+        assert [s for s in client.statuses if s["state"] == "stale"] == [status]
+        await client.close()

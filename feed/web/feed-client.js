@@ -32,7 +32,8 @@
  *   dropped. The rule is per connection: the first snapshot of a symbol on a new connection is
  *   the server's state at that time and is applied whatever its `seq`, since a restarted server
  *   counts again from 0 (within one connection the server never sends an older one, so the
- *   check is a guard).
+ *   check is a guard). A snapshot of another `epoch` than the one held starts a new lineage
+ *   (the feed's state was lost and `seq` began again) and is applied whatever its `seq`.
  * - Snapshot `ts` is ns since the epoch as a JSON number: past 2^53 a JavaScript number keeps
  *   it to about 0.25 µs today, which is fine for latency in ms.
  * - Times ("local clock") are `performance.timeOrigin + performance.now()`, ms since the epoch
@@ -62,6 +63,7 @@
  * @property {number} volume
  * @property {number | null} vwap
  * @property {number} trades
+ * @property {number} epoch ms since the Unix epoch when the feed's state of this symbol began: `seq` counts within it
  */
 
 /**
@@ -528,7 +530,7 @@ export class FeedClient {
       const held = this.#held.get(symbol);
       let count = this.#counts.get(symbol);
       if (count === undefined) this.#counts.set(symbol, (count = { updates: 0, conflated: 0 }));
-      if (held !== undefined && held.epoch === this.#epoch) {
+      if (held !== undefined && held.epoch === this.#epoch && held.snap.epoch === snap.epoch) {
         if (snap.seq < held.snap.seq) continue; // older than the one held
         count.conflated += Math.max(0, snap.seq - held.snap.seq - 1);
       }
