@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import socket
 import string
@@ -163,8 +164,20 @@ async def connect(
     if config.creds:
         options["user_credentials"] = config.creds
 
-    async def quiet(_exc: Exception) -> None:
-        return None
+    said: dict[str, float] = {}
+
+    async def report(exc: Exception) -> None:
+        """Say each kind of error at most every 10 s (a server refusing our credentials is
+        retried forever, and must not flood the log)."""
+        if error is not None:
+            await error(exc)
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            return  # counted and handled by the gateway
+        key = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - said.get(key, -math.inf) >= 10.0:
+            said[key] = now
+            log.warning("NATS at %s: %s (retrying)", ", ".join(config.url), key)
 
     for key, callback in (
         ("disconnected_cb", disconnected),
@@ -173,7 +186,7 @@ async def connect(
     ):
         if callback is not None:
             options[key] = callback
-    options["error_cb"] = error or quiet
+    options["error_cb"] = report
     attempt = 0
     while True:
         try:

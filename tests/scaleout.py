@@ -148,9 +148,10 @@ async def spawn(name: str, *args: str, stdin: bool = False) -> Proc:
 class Nats:
     """A private nats-server with JetStream, which the test may kill and start again."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *options: str) -> None:
         self.port = free_port()
         self.store = store
+        self.options = options
         self.proc: Proc | None = None
 
     @property
@@ -168,6 +169,7 @@ class Nats:
             str(self.port),
             "-sd",
             str(self.store),
+            *self.options,
         )
         await self.proc.wait_for("Server is ready")
 

@@ -115,6 +115,27 @@ def test_bad_config_stops_start_up_naming_the_key(args: list[str], message: str)
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("gateway", ["--set", "bus.url=http://x:4222"], "config key 'bus.url' must be nats://"),
+        ("gateway", ["--set", "bus.subscribe=some"], "'bus.subscribe' must be all or held"),
+        ("gateway", ["--workers", "0"], "config key 'server.workers' must be >= 1, got 0"),
+        ("ingest", ["--set", "bus.prefix=a..b"], "config key 'bus.prefix' must be NATS subject"),
+        ("ingest", ["--set", "bus.stale_after=0"], "'bus.stale_after' must be > 0, got 0"),
+    ],
+)
+def test_bad_bus_config_stops_the_roles_naming_the_key(
+    command: str, args: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [*FEED, command, *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def simulate(*args: str) -> bytes:
     result = subprocess.run(
         [*FEED, "simulate", *args], cwd=ROOT, capture_output=True, timeout=60, check=True

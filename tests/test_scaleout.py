@@ -334,3 +334,39 @@ async def test_two_ingest_nodes_split_the_symbols_and_a_dead_one_stales_only_its
         await client.until(lambda c: c.has_seqs({"AAPL": 2}), what="a's symbols still live")
         assert [s for s in client.statuses if s["state"] == "stale"] == [status]
         await client.close()
+
+
+async def test_the_roles_log_in_with_the_configured_credentials(tmp_path: Path) -> None:
+    need_nats()
+    server = Nats(tmp_path / "jetstream", "--user", "feed", "--pass", "s3cret")
+    await server.start()
+    try:
+        creds = ("--set", "bus.user=feed", "--set", "bus.password=s3cret")
+        ingest = await start_ingest(server, "a", *creds)
+        seqs = await feed_ticks(ingest, 1)
+        gateway = await start_gateway(server, *creds)
+        async with running(gateway, ingest):
+            client = await Watcher.connect(gateway.ws_url, SYMBOLS)
+            await client.until(lambda c: c.has_seqs(seqs), what="the ticks")
+            await client.close()
+            # A wrong password never gets in: the gateway says so, and keeps trying.
+            wrong = await spawn(
+                "gateway, wrong password",
+                sys.executable,
+                "-m",
+                "feed",
+                "gateway",
+                "--port",
+                "0",
+                "--set",
+                f"bus.url={server.url}",
+                "--set",
+                "bus.user=feed",
+                "--set",
+                "bus.password=nope",
+            )
+            await wrong.wait_for(r"NATS at .*[Aa]uthorization")
+            assert not any("listening on" in line for line in wrong.lines)
+            await wrong.stop()
+    finally:
+        await server.stop()
