@@ -9,6 +9,7 @@ this is what makes conflation downstream lossless.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -90,10 +91,13 @@ class Coalescer:
         symbols: SymbolTable,
         small_batch: int = SMALL_BATCH,
         few_symbols: int = FEW_SYMBOLS,
-        epoch: int = 0,
+        new_epoch: Callable[[], int] = lambda: 0,
     ) -> None:
         self._symbols = symbols
-        self._epoch = epoch
+        self._new_epoch = new_epoch
+        self._epochs: list[int] = []
+        """Per symbol, when its lineage of state began: `new_epoch()` when the symbol is added,
+        or the restored snapshot's (`restore`)."""
         self._small_batch = small_batch
         self._few_symbols = few_symbols
         self._capacity = 0
@@ -115,17 +119,6 @@ class Coalescer:
     def symbols(self) -> SymbolTable:
         return self._symbols
 
-    @property
-    def epoch(self) -> int:
-        """When this lineage of state began (ms since the Unix epoch): every snapshot says it,
-        so a reader can tell `seq` restarting from `seq` going backwards."""
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._write_rows()  # rows carry the epoch they were read with
-        self._epoch = value
-
     def restore(self, sym: int, snapshot: dict[str, Any]) -> None:
         """Set `sym`'s state to a snapshot this coalescer (or one before it) produced: what an
         ingest node does on restart, so `seq`, volume, VWAP and high/low carry on. The notional
@@ -134,6 +127,7 @@ class Coalescer:
         self._check(sym, sym)
         self._rows.pop(sym, None)
         self._notional.pop(sym, None)
+        self._epochs[sym] = snapshot["epoch"]
         c = self._cols
         for name in _ROW_INTS:
             c[name][sym] = snapshot.get(name) or 0
@@ -146,6 +140,10 @@ class Coalescer:
     def _grow(self) -> None:
         """Make room for symbols added to the table since the last call."""
         needed = len(self._symbols)
+        if len(self._epochs) < needed:
+            # Each symbol's lineage begins when it joins (a symbol's epoch says when, so that a
+            # reader can tell its `seq` starting again from `seq` going backwards).
+            self._epochs.extend([self._new_epoch()] * (needed - len(self._epochs)))
         if needed <= self._capacity:
             return
         self._write_rows()
@@ -355,8 +353,8 @@ class Coalescer:
             traded.tolist(),
             strict=True,
         )
-        names, epoch = self._symbols, self._epoch
-        return [_snapshot(names[row[0]], row[1], epoch, *row[2:]) for row in rows]
+        names, epochs = self._symbols, self._epochs
+        return [_snapshot(names[row[0]], row[1], epochs[row[0]], *row[2:]) for row in rows]
 
     def current(self, indices: list[int]) -> list[dict[str, Any]]:
         """`snapshots`, without copies where the state lives in Python: the caller reads them
@@ -382,7 +380,7 @@ class Coalescer:
         return _snapshot(
             self._symbols[i],
             row[_SEQ],
-            self._epoch,
+            self._epochs[i],
             row[_TS],
             row[_LAST],
             row[_LAST_SIZE],

@@ -86,6 +86,7 @@ class Follower:
             "disconnects": 0,
             "reconnects": 0,
             "fetched": 0,
+            "owner_conflicts": 0,
         }
         self.last_read_seconds = 0.0
         self.held = config.subscribe == "held"
@@ -139,6 +140,17 @@ class Follower:
     def _own(self, sym: int, node: str) -> None:
         previous = self._owner.get(sym)
         if previous is not None and previous in self.nodes:
+            if not self.nodes[previous].silent:
+                # Two live nodes publishing one symbol: a configuration error (docs/scaling.md).
+                self.counters["owner_conflicts"] += 1
+                if self.counters["owner_conflicts"] <= 10:
+                    log.warning(
+                        "symbol %r published by ingest node %r and by %r: each symbol needs "
+                        "one owner",
+                        self.market.symbols[sym],
+                        previous,
+                        node,
+                    )
             self.nodes[previous].symbols.discard(sym)
         self._owner[sym] = node
         state = self.nodes.get(node)

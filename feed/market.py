@@ -19,6 +19,9 @@ from feed import protocol
 from feed.coalescer import FEW_SYMBOLS, Coalescer
 from feed.symbols import SymbolTable
 
+_NONE = (-1, -1)
+"""The version of no snapshot: any snapshot is newer."""
+
 
 def new_epoch() -> int:
     """An epoch for state that begins now: ms since the Unix epoch."""
@@ -26,9 +29,11 @@ def new_epoch() -> int:
 
 
 class Market:
-    def __init__(self, symbols: Iterable[str] = (), epoch: int | None = None) -> None:
+    def __init__(self, symbols: Iterable[str] = ()) -> None:
         self.symbols = SymbolTable(symbols)
-        self.coalescer = Coalescer(self.symbols, epoch=new_epoch() if epoch is None else epoch)
+        self.epoch = new_epoch()
+        """When this market began (each symbol's own epoch is when it joined, or restored)."""
+        self.coalescer = Coalescer(self.symbols, new_epoch=new_epoch)
         self._latest: list[bytes | None] = []
         self._versions: list[tuple[int, int]] = []
         """Per symbol fed by `put`: the (epoch, seq) of the snapshot held."""
@@ -52,17 +57,12 @@ class Market:
         self.batches += 1
         return self._encode(syms)
 
-    @property
-    def epoch(self) -> int:
-        return self.coalescer.epoch
-
     def restore(self, snapshots: Iterable[dict[str, Any]]) -> list[int]:
         """Carry on from snapshots this market's lineage produced (an ingest node restarting):
-        each symbol's state is set to its snapshot, and the market takes their epoch."""
+        each symbol's state (and epoch) is set to its snapshot's."""
         coalescer, symbols = self.coalescer, self.symbols
         restored = []
         for snapshot in snapshots:
-            coalescer.epoch = snapshot["epoch"]
             sym = symbols.get(snapshot["symbol"])
             if sym is None:
                 sym = symbols.add(snapshot["symbol"])
@@ -88,9 +88,9 @@ class Market:
         return sym
 
     def version(self, sym: int) -> tuple[int, int]:
-        """The (epoch, seq) of the snapshot `put` holds for `sym`; (0, 0) before any."""
+        """The (epoch, seq) of the snapshot `put` holds for `sym`; (-1, -1) before any."""
         versions = self._versions
-        return versions[sym] if sym < len(versions) else (0, 0)
+        return versions[sym] if sym < len(versions) else _NONE
 
     def _grow(self) -> None:
         latest = self._latest
@@ -98,7 +98,7 @@ class Market:
             grow = len(self.symbols) - len(latest)
             latest.extend([None] * grow)
             self._frames.extend([None] * grow)
-            self._versions.extend([(0, 0)] * grow)
+            self._versions.extend([_NONE] * grow)
 
     def _encode(self, syms: list[int]) -> list[int]:
         if not syms:

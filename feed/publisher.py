@@ -9,7 +9,8 @@ tells gateways the node is alive, and which of its symbols are stale, every
 
 At start-up (`start`), before any source runs, the node reads the newest stored snapshot of every
 symbol it published last and carries its state on from there: `seq`, volume, VWAP and high/low,
-and the epoch. Only with nothing stored (a new stream, or a purged one) does a new epoch begin.
+and its epoch. A symbol with nothing stored (a new stream, a purged one, a new symbol) begins a
+new epoch, when it joins.
 """
 
 from __future__ import annotations
@@ -105,23 +106,19 @@ class BusSink:
                 mine.clear()
                 await asyncio.sleep(self.config.reconnect_wait)
         if mine:
-            epochs = {snapshot["epoch"] for snapshot in mine}
-            newest = max(epochs)
-            kept = [snapshot for snapshot in mine if snapshot["epoch"] == newest]
-            restored = self.market.restore(kept)
-            self.counters["restored"] = len(kept)
+            restored = self.market.restore(mine)
+            self.counters["restored"] = len(mine)
             self._announced = bytearray(len(self.market.symbols))
             for sym in restored:
                 self._announced[sym] = 1
             log.info(
-                "node %s restored %d symbol(s) from stream %s (epoch %d)",
+                "node %s restored %d symbol(s) from stream %s",
                 self.node,
-                len(kept),
+                len(mine),
                 bus.stream_name(self.config),
-                newest,
             )
         else:
-            log.info("node %s: nothing stored; epoch %d begins", self.node, self.market.epoch)
+            log.info("node %s: nothing stored; every symbol's state begins now", self.node)
         self.state = "connected"
         self.ready.set()
 

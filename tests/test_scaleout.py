@@ -333,6 +333,18 @@ async def test_two_ingest_nodes_split_the_symbols_and_a_dead_one_stales_only_its
         await a.proc.write(trade("AAPL", 1.5) + b"\n")
         await client.until(lambda c: c.has_seqs({"AAPL": 2}), what="a's symbols still live")
         assert [s for s in client.statuses if s["state"] == "stale"] == [status]
+        # Node a takes BTC USD over: a new lineage (a newer epoch), live again at once.
+        seen = len(client.statuses)
+        old_epoch = client.latest["BTC USD"]["epoch"]
+        await a.proc.write(trade("BTC USD", 9.0) + b"\n")
+        await client.until(
+            lambda c: c.latest["BTC USD"]["last"] == 9.0 and c.status_seen("live", since=seen),
+            what="BTC USD taken over by a",
+        )
+        taken = client.latest["BTC USD"]
+        assert taken["seq"] == 1 and taken["epoch"] > old_epoch
+        stats = (await gateway.get("/stats"))["bus"]
+        assert stats["nodes"]["a"]["symbols"] == 3 and stats["owner_conflicts"] == 0
         await client.close()
 
 
