@@ -106,6 +106,9 @@ def ticks_of(stats: dict[str, Any]) -> int:
 class Server:
     """A server process, its log, and how to reach it."""
 
+    listening: re.Pattern[bytes] = LISTENING
+    """The start-up line that says it is ready; its group 1 is `url`."""
+
     def __init__(self, spec: ServerSpec, scenario: Scenario, log_path: Path) -> None:
         self.spec = spec
         self.scenario = scenario
@@ -129,7 +132,7 @@ class Server:
         )
         deadline = time.monotonic() + timeout
         while True:
-            match = LISTENING.search(self.log_path.read_bytes())
+            match = self.listening.search(self.log_path.read_bytes())
             if match:
                 self.url = match.group(1).decode()
                 break

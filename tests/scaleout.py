@@ -134,6 +134,10 @@ class Proc:
         return self.process.returncode
 
 
+SPAWNED: list[Proc] = []
+"""Every process started, so that `reap` stops what a failing test left running."""
+
+
 async def spawn(name: str, *args: str, stdin: bool = False) -> Proc:
     process = await asyncio.create_subprocess_exec(
         *args,
@@ -142,7 +146,17 @@ async def spawn(name: str, *args: str, stdin: bool = False) -> Proc:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    return Proc(process, name)
+    proc = Proc(process, name)
+    SPAWNED.append(proc)
+    return proc
+
+
+async def reap() -> None:
+    """Stop every process still running (a test that failed half-way); SIGKILL after 5 s."""
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.process.returncode is None:
+            await proc.stop(timeout=5.0)
 
 
 class Nats:

@@ -29,6 +29,7 @@ from tests.scaleout import (
     Watcher,
     need_nats,
     quote,
+    reap,
     spawn,
     start_gateway,
     start_ingest,
@@ -38,6 +39,13 @@ from tests.scaleout import (
 SYMBOLS = ["AAPL", "FX.EUR/USD", "BTC USD", "ES*>", "MSFT"]
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True)
+async def _reaped() -> AsyncIterator[None]:
+    """Nothing a test started outlives it, even when it fails half-way."""
+    yield
+    await reap()
 
 
 @pytest.fixture
