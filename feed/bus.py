@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import re
 import socket
 import string
@@ -146,7 +147,9 @@ async def connect(
     closed: Callback | None = None,
 ) -> NATS:
     """Connect to the first reachable server of `bus.url`, trying again every
-    `bus.reconnect_wait` until one answers; nats-py then reconnects by itself, forever."""
+    `bus.reconnect_wait` until one answers; nats-py then reconnects by itself, forever, each
+    try after an exponential backoff with full jitter (`reconnect_wait` doubling up to
+    `reconnect_max`), to the server of the list tried least."""
     options: dict[str, Any] = {
         "servers": list(config.url),
         "name": name,
@@ -156,6 +159,7 @@ async def connect(
         "allow_reconnect": True,
         "ping_interval": 5,
         "max_outstanding_pings": 2,
+        "reconnect_to_server_handler": _backoff(config),
     }
     if config.user:
         options["user"], options["password"] = config.user, config.password
@@ -202,6 +206,15 @@ async def connect(
                     config.reconnect_wait,
                 )
             await asyncio.sleep(config.reconnect_wait)
+
+
+def _backoff(config: BusConfig) -> Callable[[list[Any], dict[str, Any]], tuple[Any, float]]:
+    def choose(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        server = min(servers, key=lambda candidate: candidate.reconnects)
+        ceiling = min(config.reconnect_max, config.reconnect_wait * 2 ** min(server.reconnects, 20))
+        return server, random.uniform(0, ceiling)
+
+    return choose
 
 
 async def ensure_stream(js: JetStreamContext, config: BusConfig) -> None:

@@ -148,6 +148,7 @@ class BusConfig:
     heartbeat_interval: float = _key(1.0, _positive)
     stale_after: float = _key(3.0, _positive)
     reconnect_wait: float = _key(0.5, _positive)
+    reconnect_max: float = _key(5.0, _positive)
     connect_timeout: float = _key(2.0, _positive)
     read_timeout: float = _key(10.0, _positive)
     storage: str = _key("file", _one_of("file", "memory"))

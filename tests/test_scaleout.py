@@ -356,12 +356,26 @@ async def test_two_ingest_nodes_split_the_symbols_and_a_dead_one_stales_only_its
         await client.close()
 
 
-async def test_the_roles_log_in_with_the_configured_credentials(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("server_options", "good", "bad"),
+    [
+        (
+            ("--user", "feed", "--pass", "s3cret"),
+            ("user=feed", "password=s3cret"),
+            ("user=feed", "password=nope"),
+        ),
+        (("--auth", "t0ken"), ("token=t0ken",), ("token=nope",)),
+    ],
+    ids=["user-password", "token"],
+)
+async def test_the_roles_log_in_with_the_configured_credentials(
+    tmp_path: Path, server_options: tuple[str, ...], good: tuple[str, ...], bad: tuple[str, ...]
+) -> None:
     need_nats()
-    server = Nats(tmp_path / "jetstream", "--user", "feed", "--pass", "s3cret")
+    server = Nats(tmp_path / "jetstream", *server_options)
     await server.start()
     try:
-        creds = ("--set", "bus.user=feed", "--set", "bus.password=s3cret")
+        creds = [arg for key in good for arg in ("--set", f"bus.{key}")]
         ingest = await start_ingest(server, "a", *creds)
         seqs = await feed_ticks(ingest, 1)
         gateway = await start_gateway(server, *creds)
@@ -369,9 +383,9 @@ async def test_the_roles_log_in_with_the_configured_credentials(tmp_path: Path) 
             client = await Watcher.connect(gateway.ws_url, SYMBOLS)
             await client.until(lambda c: c.has_seqs(seqs), what="the ticks")
             await client.close()
-            # A wrong password never gets in: the gateway says so, and keeps trying.
+            # Wrong credentials never get in: the gateway says so, and keeps trying.
             wrong = await spawn(
-                "gateway, wrong password",
+                "gateway, wrong credentials",
                 sys.executable,
                 "-m",
                 "feed",
@@ -380,10 +394,7 @@ async def test_the_roles_log_in_with_the_configured_credentials(tmp_path: Path) 
                 "0",
                 "--set",
                 f"bus.url={server.url}",
-                "--set",
-                "bus.user=feed",
-                "--set",
-                "bus.password=nope",
+                *[arg for key in bad for arg in ("--set", f"bus.{key}")],
             )
             await wrong.wait_for(r"NATS at .*[Aa]uthorization")
             assert not any("listening on" in line for line in wrong.lines)
