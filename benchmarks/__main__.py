@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
             help="a config setting for our server, e.g. "
             "websocket.send_buffer_size=65536 (repeatable)",
         )
+        run.add_argument(
+            "--scrape-metrics",
+            type=float,
+            nargs="?",
+            const=1.0,
+            metavar="SECONDS",
+            help="GET /metrics of our server every SECONDS (1 if not given) of the measured "
+            "window; the report gives each scrape's round trip and render time",
+        )
         run.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}/...)")
         run.add_argument("--no-plot", action="store_true")
         run.add_argument(
@@ -127,6 +136,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         burst_factor=args.burst_factor,
         seed=args.seed,
         feed_settings=tuple(args.feed_set) or None,
+        scrape_metrics=args.scrape_metrics,
     )
 
 

@@ -420,6 +420,11 @@ async def _measure(
     stats_start = server.stats() if server else None
     producer_start = await producer.count() if producer else None
     producer_cpu_start = producer_cpu_last = producer.sample() if producer else None
+    scrapes: list[tuple[float, float]] = []
+    scraper = None
+    if scenario.scrape_metrics and server is not None and server.spec.name == "feed":
+        url = server.http("/metrics")
+        scraper = asyncio.create_task(_scrape_metrics(url, scenario.scrape_metrics, scrapes))
     started = last = time.monotonic()
     loadgen.stdin.write(b"start\n")
     await loadgen.stdin.drain()
@@ -448,6 +453,10 @@ async def _measure(
                 flush=True,
             )
     end_sample = server.sample() if server else None
+    if scraper is not None:
+        scraper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scraper
     stats_end = server.stats() if server else None
     producer_end = await producer.count() if producer else None
     producer_cpu_end = producer.sample() if producer else None
@@ -492,6 +501,8 @@ async def _measure(
     ) > SATURATED_CPU or any(
         p["client_cpu"] + p.get("producer_cpu", 0.0) > SATURATED_CPU for p in progress
     )
+    if scraper is not None:
+        result["metrics_scrapes"] = _scrape_summary(scenario.scrape_metrics, scrapes)
     if server is not None and start_sample and end_sample and baseline:
         assert stats_start is not None and stats_end is not None
         result["tick_rate"] = _rate(
@@ -514,6 +525,43 @@ async def _measure(
             "per_connection": (start_sample.rss_bytes - baseline.rss_bytes) / max(1, connections),
         }
     return result
+
+
+async def _scrape_metrics(url: str, every: float, scrapes: list[tuple[float, float]]) -> None:
+    """GET `url` (/metrics) every `every` seconds until cancelled, as Prometheus would; keep
+    each scrape's round trip and the render time the server reports of the scrape before it."""
+    render = re.compile(rb"^feed_metrics_render_seconds (\S+)$", re.MULTILINE)
+
+    def get() -> bytes:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body: bytes = response.read()
+            return body
+
+    while True:
+        started = time.monotonic()
+        body = await asyncio.to_thread(get)
+        took = time.monotonic() - started
+        match = render.search(body)
+        scrapes.append((took, float(match.group(1)) if match else float("nan")))
+        await asyncio.sleep(max(0.0, every - took))
+
+
+def _scrape_summary(every: float, scrapes: list[tuple[float, float]]) -> dict[str, Any]:
+    """The scrapes of the window: how many, their round trips and render times (ms)."""
+    trips = sorted(took * 1000 for took, _ in scrapes)
+    renders = sorted(r * 1000 for _, r in scrapes[1:])  # the first reports no scrape before it
+
+    def middle(values: list[float]) -> float | None:
+        return values[len(values) // 2] if values else None
+
+    return {
+        "every_s": every,
+        "scrapes": len(scrapes),
+        "round_trip_ms_median": middle(trips),
+        "round_trip_ms_max": trips[-1] if trips else None,
+        "render_ms_median": middle(renders),
+        "render_ms_max": renders[-1] if renders else None,
+    }
 
 
 def gc_window(start: dict[str, Any], end: dict[str, Any], elapsed: float) -> dict[str, Any]:

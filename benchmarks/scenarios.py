@@ -39,6 +39,10 @@ class Scenario:
     idle CPU (the market alone)."""
     feed_settings: tuple[str, ...] = ()
     """Extra `section.key=value` settings for our server (`--feed-set`), to measure a choice."""
+    scrape_metrics: float = 0.0
+    """Seconds between GETs of our server's /metrics in the measured window
+    (`--scrape-metrics [SECONDS]`, 1 if no value; 0: none), as Prometheus would: what the
+    metrics cost, and how long each scrape takes."""
 
     def with_overrides(self, **values: object) -> Scenario:
         given = {key: value for key, value in values.items() if value is not None}

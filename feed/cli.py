@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from feed import config as config_module
-from feed import publish, watch
+from feed import logs, publish, watch
 from feed.config import Config, ConfigError
 
 log = logging.getLogger("feed")
@@ -329,11 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"feed: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(
-            level=config.log.level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        logging.Formatter.converter = time.gmtime
+        logs.configure(config.log)  # log.level, log.format (text or json)
         if args.command == "gateway" and config.server.workers > 1:
             from feed import workers
 

@@ -160,6 +160,12 @@ class BusConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _key("info", _one_of("debug", "info", "warning", "error"))
+    format: str = _key("text", _one_of("text", "json"))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = _key(True)
 
 
 def _default_kind_sections() -> dict[str, Any]:
@@ -178,6 +184,7 @@ class Config:
     gc: GcConfig = field(default_factory=GcConfig)
     bus: BusConfig = field(default_factory=BusConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     kinds: dict[str, Any] = field(default_factory=_default_kind_sections)
     """One section per registered source kind (`[simulator]`, `[replay]`, ...), by kind name:
     declared by the kind (`feed.sources.registry`), not here."""

@@ -1,37 +1,38 @@
-"""The hub: live connections, what each subscribes to, and the fan-out of snapshots to them.
+"""The hub: live connections, the fan-out of snapshots to them, and their requests carried out.
 
 The hub never awaits a client. `publish` puts each changed snapshot (encoded once) into the
-mailbox of every subscriber and flushes those whose sockets can take more; the rest stay
-conflated until their socket drains. A sweeper sends heartbeats to idle connections, retries
-stalled ones and closes those that stayed full past the slow-consumer timeout.
+mailbox of every subscriber's writer and flushes those whose sockets can take more; the rest stay
+conflated until their socket drains. What a request means is the session's business
+(`feed.session`, sans I/O): the hub carries out the actions it returns, in order. What each
+connection is sent, and when, is its writer's (`feed.writer`); heartbeats, slow-consumer closes
+and retries are the sweeper's (`feed.sweeper`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from feed import protocol
 from feed.config import LimitsConfig, WebSocketConfig
-from feed.connection import Connection, State
 from feed.market import Market
-from feed.protocol import CloseCode, ErrorCode, Ping, ProtocolError, Subscribe, Unsubscribe
+from feed.protocol import CloseCode, ErrorCode
 from feed.ratelimit import TokenBucket
 from feed.registry import SubscriptionRegistry
+from feed.session import Close, Hold, Release, Send, SendSnapshot, Session, TellStale
+from feed.views import Frames
+from feed.writer import DEFAULT, State, Writer
 
 log = logging.getLogger(__name__)
 
-SWEEP_BUDGET = 0.0003
-"""Seconds of sweeping (heartbeats, mostly) per turn of the event loop."""
-STALLED_RETRY = 0.005
-"""Seconds between retries of connections whose sockets were full, when no tick comes first."""
+Connection = Writer
+"""What the hub calls a connection: its writer, which knows its session."""
 
 
 class Hub:
@@ -43,20 +44,21 @@ class Hub:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.market = market
+        self.frames = market.views = Frames(market)
         self.limits = limits
         self.websocket = websocket
         self._clock = clock
-        self.registry: SubscriptionRegistry[Connection] = SubscriptionRegistry()
-        self.connections: dict[int, Connection] = {}
+        self.registry: SubscriptionRegistry[Writer] = SubscriptionRegistry()
+        self.connections: dict[int, Writer] = {}
         self.stale: dict[int, str] = {}
         """Symbols whose source went quiet or away, and why (what `status` said last)."""
-        self._stalled: set[Connection] = set()
-        """Connections with pending snapshots whose sockets were full at the last try."""
+        self.stalled: set[Writer] = set()
+        """Writers with pending snapshots whose sockets were full at the last try."""
+        self._patterned: dict[Writer, None] = {}
+        """Writers whose sessions hold patterns (symbols that appear later may match)."""
+        self._known = len(market.symbols)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sweep_period = min(
-            0.5, websocket.heartbeat_interval / 4, limits.slow_consumer_timeout / 4
-        )
-        self.counters = {
+        self.counters: dict[str, int] = {
             "accepted": 0,
             "rejected_full": 0,
             "closed_slow": 0,
@@ -70,160 +72,176 @@ class Hub:
     def full(self) -> bool:
         return len(self.connections) >= self.limits.max_connections
 
-    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Connection:
+    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Writer:
         now = self._clock()
         bucket = TokenBucket(self.limits.control_rate, self.limits.control_burst, now)
-        conn = Connection(
-            ws, transport, write_limit=self.websocket.write_buffer_limit, bucket=bucket, now=now
+        writer = Writer(
+            ws,
+            transport,
+            write_limit=self.websocket.write_buffer_limit,
+            bucket=bucket,
+            now=now,
+            wake=self._wake,
         )
-        self.connections[conn.id] = conn
+        symbols = self.market.symbols
+        writer.session = Session(symbols.lookup, symbols, self.limits, bucket)
+        self.connections[writer.id] = writer
         self.counters["accepted"] += 1
-        return conn
+        return writer
 
-    def disconnect(self, conn: Connection) -> None:
+    def disconnect(self, writer: Writer) -> None:
         """Forget a connection whose receive loop ended, however it ended."""
-        if self.connections.pop(conn.id, None) is None:
+        if self.connections.pop(writer.id, None) is None:
             return
-        conn.state = State.CLOSED
-        self.registry.remove(conn)
-        self._stalled.discard(conn)
-        self.counters["conflated_closed"] += conn.mailbox.conflated
+        writer.state = State.CLOSED
+        self._forget(writer)
+        self.counters["conflated_closed"] += writer.mailbox.conflated + writer.throttled
 
-    def close(self, conn: Connection, code: CloseCode, reason: str) -> None:
+    def _forget(self, writer: Writer) -> None:
+        self.registry.remove(writer)
+        self.stalled.discard(writer)
+        self._patterned.pop(writer, None)
+
+    def close(self, writer: Writer, code: CloseCode, reason: str) -> None:
         """Start closing a connection; it stops receiving updates at once."""
-        if conn.state is not State.OPEN:
+        if writer.state is not State.OPEN:
             return
-        log.info("closing connection %d (%s): %d %s", conn.id, conn.peer, code, reason)
-        conn.state = State.CLOSING
-        conn.close_code = code
-        self.registry.remove(conn)
-        self._stalled.discard(conn)
-        task = asyncio.get_running_loop().create_task(self._close(conn, code, reason))
+        log.info("closing connection %d (%s): %d %s", writer.id, writer.peer, code, reason)
+        writer.state = State.CLOSING
+        writer.close_code = code
+        self._forget(writer)
+        task = asyncio.get_running_loop().create_task(self._close(writer, code, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close(self, conn: Connection, code: CloseCode, reason: str) -> None:
+    async def _close(self, writer: Writer, code: CloseCode, reason: str) -> None:
         try:
             await asyncio.wait_for(
-                conn.ws.close(code=code, message=reason.encode()[:123]),
+                writer.ws.close(code=code, message=reason.encode()[:123]),
                 self.websocket.close_timeout,
             )
         except (TimeoutError, ConnectionError):
             pass
         finally:
-            conn.abort()
+            writer.abort()
 
     async def close_all(self, code: CloseCode, reason: str) -> None:
         """Close every connection (shutdown) and wait until each has gone."""
-        for conn in list(self.connections.values()):
-            self.close(conn, code, reason)
+        for writer in list(self.connections.values()):
+            self.close(writer, code, reason)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.websocket.close_timeout * 2)
 
     # -- requests -----------------------------------------------------------------------------
 
-    def receive(self, conn: Connection, data: str | bytes) -> None:
+    def receive(self, writer: Writer, data: str | bytes) -> None:
         """Handle one text frame from a client; answers are written before this returns."""
-        if conn.state is not State.OPEN:
+        if writer.state is not State.OPEN:
             return
         now = self._clock()
-        if not conn.bucket.take(now):
-            self.counters["closed_rate_limited"] += 1
-            self.close(
-                conn,
-                CloseCode.POLICY_VIOLATION,
-                f"more than {self.limits.control_rate:g} messages per second",
-            )
-            return
-        try:
-            request = protocol.parse_request(data)
-            if isinstance(request, Subscribe):
-                self._subscribe(conn, request, now)
-            elif isinstance(request, Unsubscribe):
-                self._unsubscribe(conn, request, now)
-            elif isinstance(request, Ping):
-                conn.send(protocol.pong(request.id, time.time_ns()), now)
-        except ProtocolError as exc:
-            conn.send(protocol.error(exc.code, exc.message, exc.request_id), now)
+        session: Session = writer.session
+        self._known_symbols()  # a pattern sees every symbol the market holds by now
+        for action in session.receive(data, now):
+            if isinstance(action, Send):
+                if action.error is not None:
+                    key = f"error_{action.error}"
+                    self.counters[key] = self.counters.get(key, 0) + 1
+                writer.send(action.message, now)
+            elif isinstance(action, Hold):
+                self.registry.subscribe(writer, action.syms)
+                writer.forget_pending(action.syms)
+                writer.set_options(action.syms, action.options)
+                if session.patterns:
+                    self._patterned[writer] = None
+            elif isinstance(action, SendSnapshot):
+                self._snapshot(writer, action.syms, action.options.view, now)
+            elif isinstance(action, TellStale):
+                self._tell_stale(writer, action.syms, now)
+            elif isinstance(action, Release):
+                self.registry.unsubscribe(writer, action.syms)
+                writer.forget(action.syms)
+                if not session.patterns:
+                    self._patterned.pop(writer, None)
+            elif isinstance(action, Close):
+                if action.code is CloseCode.POLICY_VIOLATION:
+                    self.counters["closed_rate_limited"] += 1
+                self.close(writer, action.code, action.reason)
+                return
 
-    def reject_binary(self, conn: Connection) -> None:
-        conn.send(
+    def _snapshot(self, writer: Writer, syms: list[int], view: Any, now: float) -> None:
+        if not syms:
+            writer.send(protocol.snapshot_frame([]), now)
+        elif writer.writable:
+            writer.send(self.frames.snapshot([(sym, view) for sym in syms]), now)
+        else:
+            # The socket is full: the current state waits, conflated, like any update would.
+            for sym in syms:
+                writer.mailbox.put(sym)
+            self.stalled.add(writer)
+
+    def _tell_stale(self, writer: Writer, syms: list[int], now: float) -> None:
+        if not self.stale:
+            return
+        stale = self.stale
+        by_reason: dict[str, list[str]] = {}
+        names = self.market.symbols
+        for sym in syms:
+            reason = stale.get(sym)
+            if reason is not None:
+                by_reason.setdefault(reason, []).append(names[sym])
+        for reason, stale_names in by_reason.items():
+            writer.send(protocol.status("stale", stale_names, reason), now)
+
+    def reject_binary(self, writer: Writer) -> None:
+        key = f"error_{ErrorCode.BINARY_NOT_SUPPORTED}"
+        self.counters[key] = self.counters.get(key, 0) + 1
+        writer.send(
             protocol.error(
                 ErrorCode.BINARY_NOT_SUPPORTED, "binary frames are not supported; send JSON text"
             ),
             self._clock(),
         )
 
-    def _resolve(self, names: Iterable[str], request_id: protocol.RequestId) -> list[int]:
-        index = self.market.symbols.lookup
-        unknown = [name for name in names if name not in index]
-        if unknown:
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            shown = ", ".join(unknown[:10]) + more
-            raise ProtocolError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol(s): {shown}", request_id)
-        return [index[name] for name in names]
-
-    def _subscribe(self, conn: Connection, request: Subscribe, now: float) -> None:
-        syms = self._resolve(request.symbols, request.id)
-        held = self.registry.count(conn)
-        after = held + sum(1 for sym in syms if not self.registry.holds(conn, sym))
-        limit = self.limits.max_symbols_per_connection
-        if after > limit:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_SYMBOLS,
-                f"this would hold {after} symbols; the limit is {limit} per connection",
-                request.id,
-            )
-        self.registry.subscribe(conn, syms)
-        conn.mailbox.discard(syms)
-        conn.send(protocol.subscribed(request.id, request.symbols), now)
-        if conn.writable:
-            payloads = [self.market.payload(sym) for sym in syms]
-            conn.send(protocol.snapshot_frame(payloads), now)
-        else:
-            # The socket is full: the current state waits, conflated, like any update would.
-            for sym in syms:
-                conn.mailbox.put(sym)
-            self._stalled.add(conn)
-        if self.stale:
-            stale = self.stale
-            by_reason: dict[str, list[str]] = {}
-            names = self.market.symbols
-            for sym in syms:
-                reason = stale.get(sym)
-                if reason is not None:
-                    by_reason.setdefault(reason, []).append(names[sym])
-            for reason, stale_names in by_reason.items():
-                conn.send(protocol.status("stale", stale_names, reason), now)
-
-    def _unsubscribe(self, conn: Connection, request: Unsubscribe, now: float) -> None:
-        syms = self._resolve(request.symbols, request.id)
-        removed = self.registry.unsubscribe(conn, syms)
-        conn.mailbox.discard(removed)
-        names = self.market.symbols
-        conn.send(protocol.unsubscribed(request.id, [names[sym] for sym in removed]), now)
+    def _known_symbols(self) -> None:
+        """Symbols new to the market since the last look: held by every session whose patterns
+        match them."""
+        count = len(self.market.symbols)
+        if count == self._known:
+            return
+        new = range(self._known, count)
+        self._known = count
+        for writer in list(self._patterned):
+            session: Session = writer.session
+            for sym in new:
+                options = session.match_new(sym)
+                if options is not None:
+                    self.registry.subscribe(writer, [sym])
+                    if options != DEFAULT:
+                        writer.set_options([sym], options)
 
     # -- fan-out ------------------------------------------------------------------------------
 
     def publish(self, syms: list[int]) -> None:
         """Offer each changed symbol to its subscribers and flush every socket that can take
         more. Never waits: a full socket keeps its symbols conflated in its mailbox."""
+        if self._patterned and len(self.market.symbols) != self._known:
+            self._known_symbols()
         now = self._clock()
-        dirty: dict[Connection, None] = {}
+        dirty: dict[Writer, None] = {}
         subscribers = self.registry.subscribers
         for sym in syms:
-            for conn in subscribers(sym):
-                mailbox = conn.mailbox
+            for writer in subscribers(sym):
+                mailbox = writer.mailbox
                 # Mailbox.put, inlined: this runs once per subscriber per changed symbol.
                 if sym in mailbox:
                     mailbox.conflated += 1
                 else:
                     mailbox[sym] = None
-                dirty[conn] = None
-        if self._stalled:
-            dirty.update(dict.fromkeys(self._stalled))
+                dirty[writer] = None
+        if self.stalled:
+            dirty.update(dict.fromkeys(self.stalled))
         market = self.market
-        self._stalled = {conn for conn in dirty if not conn.flush(now, market)}
+        self.stalled = {writer for writer in dirty if not writer.flush(now, market)}
 
     def status(self, state: str, syms: list[int], reason: str | None) -> None:
         """Tell each subscriber of `syms` that those it holds turned `stale` or `live`. What
@@ -234,67 +252,35 @@ class Hub:
         else:
             for sym in syms:
                 self.stale.pop(sym, None)
-        held: dict[Connection, list[int]] = {}
+        held: dict[Writer, list[int]] = {}
         subscribers = self.registry.subscribers
         for sym in syms:
-            for conn in subscribers(sym):
-                held.setdefault(conn, []).append(sym)
+            for writer in subscribers(sym):
+                held.setdefault(writer, []).append(sym)
         if not held:
             return
         now, market, names = self._clock(), self.market, self.market.symbols
-        for conn, mine in held.items():
-            if conn.mailbox and not conn.flush(now, market):
-                self._stalled.add(conn)
-            conn.send(protocol.status(state, [names[sym] for sym in mine], reason), now)
+        for writer, mine in held.items():
+            if writer.mailbox and not writer.flush(now, market):
+                self.stalled.add(writer)
+            writer.send(protocol.status(state, [names[sym] for sym in mine], reason), now)
 
     def retry_stalled(self) -> None:
-        if self._stalled:
+        if self.stalled:
             now, market = self._clock(), self.market
-            self._stalled = {conn for conn in self._stalled if not conn.flush(now, market)}
+            self.stalled = {writer for writer in self.stalled if not writer.flush(now, market)}
 
-    def sweep(self, conns: Sequence[Connection], start: int = 0, budget: float = math.inf) -> int:
-        """Heartbeats for idle connections from `conns[start]` on; close those stalled past the
-        timeout. Stops once `budget` seconds are spent; returns where to go on from."""
+    def _wake(self, writer: Writer, delay: float) -> None:
+        """A writer's throttle ends in `delay` seconds: send what it held then."""
+        asyncio.get_running_loop().call_later(delay, self._release, writer)
+
+    def _release(self, writer: Writer) -> None:
+        if writer.state is not State.OPEN:
+            return
         now = self._clock()
-        deadline = now + budget
-        timeout = self.limits.slow_consumer_timeout
-        idle = self.websocket.heartbeat_interval
-        index = start
-        while index < len(conns):
-            conn = conns[index]
-            index += 1
-            if conn.state is not State.OPEN:
-                continue
-            stalled_for = conn.check_stall(now)
-            if stalled_for > timeout:
-                self.counters["closed_slow"] += 1
-                self.close(
-                    conn,
-                    CloseCode.SLOW_CONSUMER,
-                    f"slow consumer: socket full for {stalled_for:.1f} s",
-                )
-            elif not stalled_for and now - conn.last_write >= idle:
-                conn.send(protocol.heartbeat(time.time_ns()), now)
-            if self._clock() >= deadline:
-                break
-        return index
-
-    async def run_sweeper(self) -> None:
-        """Runs until cancelled: retries stalled sockets often, sweeps every connection less."""
-        next_sweep = self._clock() + self._sweep_period
-        while True:
-            await asyncio.sleep(STALLED_RETRY if self._stalled else self._sweep_period)
-            self.retry_stalled()
-            if self._clock() >= next_sweep:
-                # In slices of at most SWEEP_BUDGET, with the event loop in between: sweeping
-                # 10,000 connections (and heartbeating the idle ones) at once would hold up
-                # every update for milliseconds.
-                conns = list(self.connections.values())
-                start = 0
-                while start < len(conns):
-                    start = self.sweep(conns, start, SWEEP_BUDGET)
-                    await asyncio.sleep(0)
-                next_sweep = self._clock() + self._sweep_period
+        writer.release(now)
+        if writer.mailbox and not writer.flush(now, self.market):
+            self.stalled.add(writer)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -305,10 +291,13 @@ class Hub:
         conns = self.connections.values()
         result = {
             "connections": len(conns),
-            "stalled": len(self._stalled),
-            "conflated": self.counters["conflated_closed"] + sum(map(_conflated, conns)),
+            "stalled": len(self.stalled),
+            "conflated": self.counters["conflated_closed"]
+            + sum(map(_conflated, conns))
+            + sum(map(_throttled, conns)),
             "frames_sent": sum(map(_frames_sent, conns)),
             "bytes_sent": sum(map(_bytes_sent, conns)),
+            "view_payloads": self.frames.encoded,
             **self.counters,
         }
         if per_connection:
@@ -318,5 +307,6 @@ class Hub:
 
 
 _conflated = operator.attrgetter("mailbox.conflated")
+_throttled = operator.attrgetter("throttled")
 _frames_sent = operator.attrgetter("frames_sent")
 _bytes_sent = operator.attrgetter("bytes_sent")

@@ -34,6 +34,9 @@ class Market:
         self.epoch = new_epoch()
         """When this market began (each symbol's own epoch is when it joined, or restored)."""
         self.coalescer = Coalescer(self.symbols, new_epoch=new_epoch)
+        self.views: Any = None
+        """The frames of views other than the full one (`feed.views.Frames`), kept beside the
+        market by the hub that serves them: framing apart from state."""
         self._latest: list[bytes | None] = []
         self._versions: list[tuple[int, int]] = []
         """Per symbol fed by `put`: the (epoch, seq) of the snapshot held."""

@@ -44,6 +44,9 @@ class Sink(Protocol):
 
 Tap = Callable[[np.ndarray], None]
 """Sees every accepted batch after it is folded (the recorder)."""
+Observer = Callable[[list[int], int], None]
+"""Told of each batch once the sink has its snapshots: the symbols it changed and the `ts` (ns)
+of its newest tick (the metrics' tick-to-send latency). Once per batch, never per tick."""
 
 
 class Pipeline:
@@ -65,6 +68,7 @@ class Pipeline:
         self.state = "starting"
         """starting, running, ended (every source is exhausted) or failed (one failed)."""
         self.taps: list[Tap] = []
+        self.observers: list[Observer] = []
         self._owner: dict[int, str] = {}
         self._owned: dict[str, dict[int, None]] = {source.name: {} for source in self.sources}
         self.stale_symbols: dict[int, str] = {}
@@ -109,6 +113,10 @@ class Pipeline:
         for tap in self.taps:
             tap(batch)
         self._publish(syms)
+        if self.observers and syms:
+            newest = int(batch["ts"].max())
+            for observe in self.observers:
+                observe(syms, newest)
 
     def apply_rows(self, source: Source, rows: list[tuple[Any, ...]]) -> None:
         """`apply` for a few ticks given as rows (the fields of TICK_DTYPE, in order): no
@@ -124,6 +132,10 @@ class Pipeline:
             for tap in self.taps:
                 tap(batch)
         self._publish(syms)
+        if self.observers and syms:
+            newest = max(row[2] for row in rows)  # ts, the third field of TICK_DTYPE
+            for observe in self.observers:
+                observe(syms, newest)
 
     def _publish(self, syms: list[int]) -> None:
         if not syms:

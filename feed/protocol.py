@@ -8,6 +8,7 @@ here and specified in docs/protocol.md.
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -60,6 +61,10 @@ class ProtocolError(Exception):
 class Subscribe:
     symbols: tuple[str, ...]
     id: RequestId = None
+    throttle_ms: int = 0
+    """At most one update per symbol per this many ms (0: every one)."""
+    fields: tuple[str, ...] | None = None
+    """The snapshot fields wanted (None: all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,12 @@ def parse_request(data: str | bytes) -> Request:
     if op == "ping":
         return Ping(request_id)
     if op == "subscribe":
-        return Subscribe(_symbols(obj, request_id), request_id)
+        return Subscribe(
+            _symbols(obj, request_id),
+            request_id,
+            _throttle(obj, request_id),
+            _fields(obj, request_id),
+        )
     if op == "unsubscribe":
         return Unsubscribe(_symbols(obj, request_id), request_id)
     if op is None:
@@ -136,8 +146,53 @@ def _symbols(obj: dict[str, Any], request_id: RequestId) -> tuple[str, ...]:
     return tuple(dict.fromkeys(symbols))  # de-duplicated, order kept
 
 
+MAX_THROTTLE_MS: Final = 60_000
+
+SNAPSHOT_FIELD_NAMES: Final = (
+    "symbol", "seq", "ts", "last", "last_size", "bid", "ask", "bid_size", "ask_size", "open",
+    "high", "low", "volume", "vwap", "trades", "epoch",
+)  # fmt: skip
+"""feed.coalescer.SNAPSHOT_FIELDS (tests check they agree), without importing numpy here."""
+
+
+def _throttle(obj: dict[str, Any], request_id: RequestId) -> int:
+    value = obj.get("throttle_ms", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THROTTLE_MS:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"'throttle_ms' must be an integer from 0 to {MAX_THROTTLE_MS}, got {_short(value)}",
+            request_id,
+        )
+    return value
+
+
+def _fields(obj: dict[str, Any], request_id: RequestId) -> tuple[str, ...] | None:
+    if "fields" not in obj or obj["fields"] is None:
+        return None
+    fields = obj["fields"]
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "'fields' must be a list of snapshot field names", request_id
+        )
+    unknown = [f for f in fields if f not in SNAPSHOT_FIELD_NAMES]
+    if unknown:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"unknown field(s) {', '.join(_short(f) for f in unknown[:5])}; known: "
+            f"{', '.join(SNAPSHOT_FIELD_NAMES)}",
+            request_id,
+        )
+    return tuple(dict.fromkeys(fields))
+
+
+_REPR = reprlib.Repr()
+"""Short and bounded: a deeply nested value (a thousand levels fit in 4 KiB) never recurses."""
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+_REPR.maxlist = _REPR.maxdict = 4
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 from aiohttp import WSMsgType, web
 
-from feed import static
+from feed import metrics, static
 from feed.config import Config, ConfigError
 from feed.follower import Follower
 from feed.gcwatch import GcWatch
@@ -35,6 +35,7 @@ from feed.recorder import Recorder
 from feed.source import BatchStream
 from feed.sources import Source, registry
 from feed.sources.stream import StreamSource
+from feed.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ def create_app(
     app[NODE] = node
     app[CONFIG] = config
     app[MARKET] = market
+    app[metrics.METRICS] = metrics.FeedMetrics(node)  # reads the node when scraped
+    app.router.add_get("/metrics", metrics.handler)  # every role; 404 when metrics.enabled = false
     if hub is not None:
         app[HUB] = hub
         app.router.add_get("/ws", websocket)
@@ -153,7 +156,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     if node.pipeline is not None:
         tasks.append(asyncio.create_task(_run_pipeline(node), name="feed-pipeline"))
     if node.hub is not None:
-        tasks.append(asyncio.create_task(node.hub.run_sweeper(), name="feed-sweeper"))
+        tasks.append(asyncio.create_task(Sweeper(node.hub).run(), name="feed-sweeper"))
     if node.recorder is not None:
         tasks.append(asyncio.create_task(node.recorder.run(), name="feed-recorder"))
     node.gc.install()
@@ -246,7 +249,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=config.websocket.ping_interval,
         compress=config.websocket.compress,
-        max_msg_size=config.limits.max_message_size,
+        # aiohttp refuses a message of max_msg_size bytes or more; ours may have max bytes.
+        max_msg_size=config.limits.max_message_size + 1,
     )
     try:
         await ws.prepare(request)

@@ -15,7 +15,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from feed import hub as hub_module
+from feed import sweeper as sweeper_module
 from feed import ticks
 from feed.coalescer import SNAPSHOT_FIELDS
 from tests.conftest import StartFeed, recv, recv_until, subscribe
@@ -192,7 +192,7 @@ async def test_every_idle_connection_gets_heartbeats_when_sweeping_one_per_turn(
 ) -> None:
     """The sweeper yields to the event loop between slices (heartbeats are writes, and
     thousands at once would hold every update up); sliced to one connection, none is missed."""
-    monkeypatch.setattr(hub_module, "SWEEP_BUDGET", 0.0)
+    monkeypatch.setattr(sweeper_module, "SWEEP_BUDGET", 0.0)
     feed = await start_feed(websocket={"heartbeat_interval": 0.2})
     clients = [await feed.ws() for _ in range(30)]
     beats = await asyncio.wait_for(
