@@ -198,6 +198,10 @@ async def serve(config: Config, role: str = "serve", reuse_port: bool = False) -
         ready.cancel()
         stopping.cancel()
     if not stop.is_set():
+        if node.hub is not None:
+            from feed.auth import check_bind
+
+            check_bind(config.auth, config.server.host)  # before listening: ConfigError, exit 2
         site = web.TCPSite(
             runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port
         )

@@ -204,8 +204,13 @@ class Feed:
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
         ping_interval: float = 5.0,
+        token: str | None = None,
     ) -> None:
         self.url = url
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty string")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        """Sent with the WebSocket upgrade and with `GET /symbols` (a feed with auth.required)."""
         self._idle_timeout = _positive("idle_timeout", idle_timeout)
         self._connect_timeout = _positive("connect_timeout", connect_timeout)
         self._backoff_min = _positive("backoff_min", backoff_min)
@@ -372,7 +377,7 @@ class Feed:
 
     async def start(self) -> None:
         """Open the first connection (FeedError `cannot_connect` if it fails), then keep one."""
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(headers=self._headers)
         try:
             ws = await self._open()
         except _FAILURES as exc:
@@ -713,9 +718,10 @@ def connect(
     backoff_min: float = 0.1,
     backoff_max: float = 10.0,
     ping_interval: float = 5.0,
+    token: str | None = None,
 ) -> Feed:
     """A client for the feed at `url`, connected by `async with connect(url) as feed:` (the
-    options are `Feed`'s)."""
+    options are `Feed`'s; `token` is sent as `Authorization: Bearer`)."""
     return Feed(
         url,
         idle_timeout=idle_timeout,
@@ -723,4 +729,5 @@ def connect(
         backoff_min=backoff_min,
         backoff_max=backoff_max,
         ping_interval=ping_interval,
+        token=token,
     )

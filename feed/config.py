@@ -157,6 +157,20 @@ class BusConfig:
     pending_bytes: int = _key(64 * 1024 * 1024, _at_least_one)
 
 
+TokenTables = tuple[dict[str, Any], ...]
+"""`[[auth.tokens]]`: tables checked by feed.auth.validate_tokens."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may connect and read what (feed/auth.py, docs/operations.md)."""
+
+    required: bool = _key(False)
+    origins: tuple[str, ...] = _key(())
+    tokens: TokenTables = _key(())  # noqa: RUF009 (a tuple: immutable)
+    allow_open: bool = _key(False)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _key("info", _one_of("debug", "info", "warning", "error"))
@@ -183,6 +197,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     gc: GcConfig = field(default_factory=GcConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     kinds: dict[str, Any] = field(default_factory=_default_kind_sections)
@@ -229,6 +244,10 @@ def _coerce(key: str, value: Any, kind: type[Any]) -> Any:
         return value
     if kind in (bool, str) and isinstance(value, kind):
         return value
+    if kind == TokenTables:
+        from feed.auth import validate_tokens
+
+        return tuple(validate_tokens(key, value))
     if kind == tuple[str, ...]:
         if isinstance(value, str):  # `--set source.kinds=stdin`: one name is a list of one
             value = [part.strip() for part in value.split(",") if part.strip()]

@@ -72,7 +72,12 @@ class Hub:
     def full(self) -> bool:
         return len(self.connections) >= self.limits.max_connections
 
-    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Writer:
+    def connect(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        entitled: Callable[[str], bool] | None = None,
+    ) -> Writer:
         now = self._clock()
         bucket = TokenBucket(self.limits.control_rate, self.limits.control_burst, now)
         writer = Writer(
@@ -84,7 +89,7 @@ class Hub:
             wake=self._wake,
         )
         symbols = self.market.symbols
-        writer.session = Session(symbols.lookup, symbols, self.limits, bucket)
+        writer.session = Session(symbols.lookup, symbols, self.limits, bucket, entitled=entitled)
         self.connections[writer.id] = writer
         self.counters["accepted"] += 1
         return writer

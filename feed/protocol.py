@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     BAD_SYMBOLS = "bad_symbols"
     UNKNOWN_SYMBOL = "unknown_symbol"
     TOO_MANY_SYMBOLS = "too_many_symbols"
+    NOT_ENTITLED = "not_entitled"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
 
 

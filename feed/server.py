@@ -17,12 +17,12 @@ import gc
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from feed import metrics, static
+from feed import auth, metrics, static
 from feed.config import Config, ConfigError
 from feed.follower import Follower
 from feed.gcwatch import GcWatch
@@ -61,6 +61,8 @@ class Node:
     """The market's way in on a gateway: snapshots from NATS, statuses from the nodes."""
     recorder: Recorder | None = None
     """Writes every accepted tick to `record.file`, when set."""
+    auth: auth.Authenticator | None = None
+    """Who may connect and read what: one path for /ws and HTTP alike."""
     gc: GcWatch = dataclasses.field(default_factory=GcWatch)
     """Times the cyclic collector's pauses (and freezes what is long-lived, `gc.freeze`)."""
 
@@ -118,12 +120,23 @@ def create_app(
     else:
         assert hub is not None
         follower = Follower(config.bus, market, hub)
-    node = Node(role, config, market, hub, pipeline, publisher, follower, recorder)
+    node = Node(
+        role,
+        config,
+        market,
+        hub,
+        pipeline,
+        publisher,
+        follower,
+        recorder,
+        auth=auth.Authenticator(config.auth),
+    )
     app[NODE] = node
     app[CONFIG] = config
     app[MARKET] = market
     app[metrics.METRICS] = metrics.FeedMetrics(node)  # reads the node when scraped
-    app.router.add_get("/metrics", metrics.handler)  # every role; 404 when metrics.enabled = false
+    # Every role; 404 when metrics.enabled = false.
+    app.router.add_get("/metrics", _authorized(metrics.handler))
     if hub is not None:
         app[HUB] = hub
         app.router.add_get("/ws", websocket)
@@ -132,7 +145,7 @@ def create_app(
     if pipeline is not None:
         app[PIPELINE] = pipeline
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/stats", stats)
+    app.router.add_get("/stats", _authorized(stats))
     if hub is not None:
         app.router.add_routes(static.routes())  # the dashboard: /, /feed-client.js, /web/*
     for item in sources:
@@ -219,9 +232,34 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def principal_of(request: web.Request) -> auth.Principal | web.Response:
+    """The one resolve-and-authorize path: who this request is, or the answer refusing it."""
+    authenticator = request.app[NODE].auth
+    assert authenticator is not None
+    return authenticator.authorize(request)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _authorized(handler: Handler) -> Handler:
+    """`handler` behind the token check (when auth.required): /stats, /metrics."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        principal = principal_of(request)
+        if isinstance(principal, web.Response):
+            return principal
+        return await handler(request)
+
+    return guarded
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     config = request.app[CONFIG]
+    principal = principal_of(request)
+    if isinstance(principal, web.Response):
+        return principal  # 401 (or 403 for an Origin not allowed), before any upgrade
     follower = request.app[NODE].follower
     if follower is not None and not follower.ready.is_set():
         # A gateway answers subscriptions only once it holds the newest snapshot of every symbol.
@@ -264,7 +302,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.websocket.send_buffer_size)
-    conn = hub.connect(ws, transport)
+    conn = hub.connect(ws, transport, None if principal.reads_all else principal.may_read)
     try:
         async for message in ws:
             if message.type is WSMsgType.TEXT:
@@ -279,10 +317,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def symbols(request: web.Request) -> web.Response:
-    return _json(list(request.app[MARKET].symbols))
+    """Every symbol this request's token may read."""
+    principal = principal_of(request)
+    if isinstance(principal, web.Response):
+        return principal
+    names = request.app[MARKET].symbols
+    if principal.reads_all:
+        return _json(list(names))
+    return _json([name for name in names if principal.may_read(name)])
 
 
 async def snapshot(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    if isinstance(principal, web.Response):
+        return principal
     market = request.app[MARKET]
     wanted = request.query.get("symbols", "")
     names = [name for name in (part.strip() for part in wanted.split(",")) if name]
@@ -296,6 +344,15 @@ async def snapshot(request: web.Request) -> web.Response:
         return _json(
             {"error": "unknown_symbol", "message": f"unknown symbol(s): {', '.join(unknown)}"},
             404,
+        )
+    refused = [name for name in names if not principal.may_read(name)]
+    if refused:
+        return _json(
+            {
+                "error": "not_entitled",
+                "message": f"not entitled to read: {', '.join(refused[:10])}",
+            },
+            403,
         )
     body = b"[" + b",".join(market.payload(index[name]) for name in names) + b"]"
     return web.Response(body=body, content_type="application/json")

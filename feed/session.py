@@ -85,6 +85,8 @@ class Session:
     bucket: TokenBucket
     clock: Callable[[], int] = time.time_ns
     """For pongs (the server's wall clock, which clients compare with theirs)."""
+    entitled: Callable[[str], bool] | None = None
+    """Whether this connection's token may read a symbol (None: every symbol)."""
     held: dict[int, Options] = field(default_factory=lambda: _EMPTY_HELD)
     """Every symbol this connection holds, with its options (a dict of its own from the first
     subscribe: until then a shared empty one, never written)."""
@@ -136,6 +138,16 @@ class Session:
         options = self._options(request)
         exact, patterns = self._split(request.symbols)
         syms = self._resolve(exact, request.id)
+        entitled = self.entitled
+        if entitled is not None:
+            refused = [name for name in exact if not entitled(name)]
+            if refused:
+                more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+                raise ProtocolError(
+                    ErrorCode.NOT_ENTITLED,
+                    f"not entitled to read: {', '.join(refused[:10])}{more}",
+                    request.id,
+                )
         new_patterns = [p for p in patterns if p not in self.patterns]
         if len(self.patterns) + len(new_patterns) > MAX_PATTERNS:
             raise ProtocolError(
@@ -149,7 +161,9 @@ class Session:
         if compiled:
             seen = set(syms)
             for sym, name in enumerate(self.names):
-                if sym not in seen and any(rx.match(name) for rx in compiled.values()):
+                if sym in seen or (entitled is not None and not entitled(name)):
+                    continue  # a pattern matches within the entitlements only
+                if any(rx.match(name) for rx in compiled.values()):
                     matched.append(sym)
                     seen.add(sym)
         wanted = syms + matched
@@ -205,6 +219,8 @@ class Session:
         if len(self.held) >= self.limits.max_symbols_per_connection:
             return None
         name = self.names[sym]
+        if self.entitled is not None and not self.entitled(name):
+            return None
         for rx, options in self.patterns.values():
             if rx.match(name):
                 self.held[sym] = options
