@@ -268,8 +268,10 @@ class Producer:
         self.process.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while True:
-            found = [r for r in self.reports() if "ticks" in r]
-            if len(self.reports()) > before and found:
+            # Only a report written after this signal: one already there (or a line of
+            # another kind arriving late) is not this count.
+            found = [r for r in self.reports()[before:] if "ticks" in r]
+            if found:
                 return found[-1]
             if self.process.poll() is not None:
                 raise self._died("during the run")
@@ -309,6 +311,8 @@ def _check_symbols(server: Server, scenario: Scenario) -> None:
 
 def _rate(requested: float, ticks: float, seconds: float) -> dict[str, Any]:
     """A tick rate over a window against the rate asked for, flagged when behind."""
+    if seconds <= 0:
+        raise BenchmarkError(f"a window of {seconds} s on the producer's clock: no rate")
     achieved = ticks / seconds
     # Arrivals are Poisson: allow three standard deviations of the count on top of 1%.
     noise = 3 * (requested * seconds) ** 0.5 / seconds
