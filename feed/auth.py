@@ -7,7 +7,8 @@ One resolve-and-authorize path for every route (`authorize`), WebSocket and HTTP
   `FEED_AUTH_TOKENS`, a JSON list of the same tables), so the config never holds a secret; a
   presented token is hashed and compared in constant time against every configured hash, and
   never logged (a connection is logged by the first 8 hex digits of its hash);
-- each token carries `read`, the symbol patterns it may subscribe to and read (`*` for all).
+- each token carries `read`, the symbol patterns it may subscribe to and read (`*` for all), and
+  `publish`, those it may send on `/ingest` (none by default; `ingest.tokens` may publish all).
 
 With `auth.required = false` (the default, for the embedded demo on 127.0.0.1) every request is
 let in with the right to read everything; `check_bind` refuses to start a server bound to another
@@ -43,9 +44,15 @@ class Principal:
     """For logs: `token:` and the first 8 hex digits of its hash, or `open` without auth."""
     read: tuple[str, ...]
     _read: re.Pattern[str] | None
+    publish: tuple[str, ...] = ()
+    """Symbol patterns it may send on /ingest (none: it may not publish)."""
+    _publish: re.Pattern[str] | None = None
 
     def may_read(self, symbol: str) -> bool:
         return self._read is None or bool(self._read.match(symbol))
+
+    def may_publish(self, symbol: str) -> bool:
+        return self._publish is not None and bool(self._publish.match(symbol))
 
     @property
     def reads_all(self) -> bool:
@@ -55,11 +62,20 @@ class Principal:
 OPEN = Principal("open", ("*",), None)
 
 
-def _principal(name: str, read: Sequence[str]) -> Principal:
-    if "*" in read:
-        return Principal(name, tuple(read), None)
-    pattern = "|".join(f"(?:{fnmatch.translate(p)})" for p in read) if read else "(?!)"
-    return Principal(name, tuple(read), re.compile(pattern))
+def _patterns(patterns: Sequence[str]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile("(?!)")
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def _principal(name: str, read: Sequence[str], publish: Sequence[str] = ()) -> Principal:
+    return Principal(
+        name,
+        tuple(read),
+        None if "*" in read else _patterns(read),
+        tuple(publish),
+        _patterns(publish) if publish else None,
+    )
 
 
 class Authenticator:
@@ -75,7 +91,10 @@ class Authenticator:
                 raise ConfigError(f"{TOKENS_ENV} must be a JSON list of tables: {exc}") from None
             tables += validate_tokens(TOKENS_ENV, extra)
         self._hashes: list[tuple[bytes, Principal]] = [
-            (bytes.fromhex(t["sha256"]), _principal(f"token:{t['sha256'][:8]}", t["read"]))
+            (
+                bytes.fromhex(t["sha256"]),
+                _principal(f"token:{t['sha256'][:8]}", t["read"], t["publish"]),
+            )
             for t in tables
         ]
         if self.required and not self._hashes:
@@ -84,10 +103,24 @@ class Authenticator:
                 f"([[auth.tokens]] or {TOKENS_ENV}): nobody could connect"
             )
 
+    @property
+    def publishers(self) -> bool:
+        """Whether some token may publish on /ingest."""
+        return any(principal.publish for _, principal in self._hashes)
+
+    def publisher(self, token: str | None) -> Principal | None:
+        """The principal of `token` if it may publish some symbols on /ingest, whether or not
+        auth is required for readers."""
+        principal = self._match(token)
+        return principal if principal is not None and principal.publish else None
+
     def resolve(self, token: str | None) -> Principal | None:
         """The principal of `token`; OPEN when auth is not required; None if refused."""
         if not self.required:
             return OPEN
+        return self._match(token)
+
+    def _match(self, token: str | None) -> Principal | None:
         if not token:
             return None
         digest = hashlib.sha256(token.encode()).digest()
@@ -143,10 +176,11 @@ def validate_tokens(key: str, value: Any) -> list[dict[str, Any]]:
         where = f"{key}[{i}]"
         if not isinstance(table, dict):
             raise ConfigError(f"config key '{where}' must be a table, got {table!r}")
-        unknown = set(table) - {"sha256", "read", "name"}
+        unknown = set(table) - {"sha256", "read", "publish", "name"}
         if unknown:
             raise ConfigError(
-                f"unknown config key '{where}.{sorted(unknown)[0]}' (known: sha256, read, name)"
+                f"unknown config key '{where}.{sorted(unknown)[0]}' (known: sha256, read, "
+                "publish, name)"
             )
         digest = table.get("sha256")
         if not isinstance(digest, str) or not _HEX.match(digest.lower()):
@@ -155,9 +189,13 @@ def validate_tokens(key: str, value: Any) -> list[dict[str, Any]]:
                 f"digits; e.g. printf %s TOKEN | sha256sum), got {digest!r}"
             )
         read = table.get("read", ["*"])
-        if not isinstance(read, list | tuple) or not all(isinstance(p, str) and p for p in read):
-            raise ConfigError(f"config key '{where}.read' must be a list of symbol patterns")
-        tables.append({"sha256": digest.lower(), "read": list(read)})
+        publish = table.get("publish", [])
+        for name, patterns in (("read", read), ("publish", publish)):
+            if not isinstance(patterns, list | tuple) or not all(
+                isinstance(p, str) and p for p in patterns
+            ):
+                raise ConfigError(f"config key '{where}.{name}' must be a list of symbol patterns")
+        tables.append({"sha256": digest.lower(), "read": list(read), "publish": list(publish)})
     return tables
 
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 import feed.client
+from feed import config
 from feed.config import ConfigError, load
+from feed.server import create_app
 from tests.conftest import StartFeed, recv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +130,31 @@ def test_open_on_a_public_address_is_refused_unless_asked_for() -> None:
         timeout=30,
     )
     assert required.returncode == 2 and "no token is configured" in required.stderr
+
+
+async def test_a_token_publishes_on_ingest_only_the_symbols_it_may(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    """[[auth.tokens]] with `publish` patterns open /ingest on their own (no ingest.tokens); a
+    tick for a symbol outside them is rejected naming why, the others are folded."""
+    carol = "carol-pr0ducer"
+    tables = [{"sha256": sha(carol), "read": ["*"], "publish": ["FX.*"]}]
+    settings = config.build({"auth": {"tokens": tables}, "simulator": {"symbols": 3, "rate": 10.0}})
+    client = await aiohttp_client(create_app(settings))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ingest", params={"token": "nope"})
+    assert refused.value.status == 401
+    ws = await client.ws_connect("/ingest", headers={"Authorization": f"Bearer {carol}"})
+    ticks = [
+        {"type": "trade", "symbol": "FX.USDJPY", "price": 150.1, "size": 1},
+        {"type": "trade", "symbol": "TSLA", "price": 250.0, "size": 1},
+    ]
+    await ws.send_json({"type": "ticks", "id": 1, "ticks": ticks})
+    answer = await ws.receive_json(timeout=5)
+    assert answer["accepted"] == 1 and answer["rejected_count"] == 1
+    (reject,) = answer["rejected"]
+    assert reject["field"] == "symbol" and "may not publish 'TSLA'" in reject["reason"]
+    async with client.get("/symbols") as response:
+        names = await response.json()
+    assert "FX.USDJPY" in names and "TSLA" not in names
+    await ws.close()

@@ -39,6 +39,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -49,7 +50,7 @@ from feed import protocol, tickparse
 from feed.config import Config, ConfigError, at_least_one, key, positive
 from feed.protocol import CloseCode, ErrorCode
 from feed.ratelimit import TokenBucket
-from feed.sources.base import BaseSource, Ingest, SourceState
+from feed.sources.base import BaseSource, Ingest, SourceState, SymbolRejected
 from feed.sources.registry import SourceKind, register
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def all_tokens(settings: IngestConfig) -> tuple[str, ...]:
 class _Producer:
     """One producer connection: the symbols it sent, when it was last heard, its rate."""
 
-    __slots__ = ("bucket", "last_heard", "name", "silent", "syms", "ws")
+    __slots__ = ("bucket", "last_heard", "may_publish", "name", "silent", "syms", "ws")
 
     def __init__(
         self, name: str, ws: web.WebSocketResponse, bucket: TokenBucket, now: float
@@ -103,6 +104,8 @@ class _Producer:
         self.last_heard = now
         self.silent = False
         self.syms: set[int] = set()
+        self.may_publish: Callable[[str], bool] | None = None
+        """The token's publish patterns (None: every symbol, an ingest.tokens token)."""
 
 
 class IngestSource(BaseSource):
@@ -124,10 +127,13 @@ class IngestSource(BaseSource):
         *,
         ping_interval: float | None = 20.0,
         close_timeout: float = 2.0,
+        publishers: Any = None,
     ) -> None:
         super().__init__(stale_after=settings.stale_after)
-        if not tokens:
+        if not tokens and publishers is None:
             raise ValueError("an ingest source needs at least one token")
+        self._publishers = publishers
+        """feed.auth.Authenticator: [[auth.tokens]] with publish patterns (or None)."""
         self.settings = settings
         self._tokens = [token.encode() for token in tokens]
         self._ping_interval = ping_interval
@@ -210,9 +216,10 @@ class IngestSource(BaseSource):
 
     # -- producers ----------------------------------------------------------------------------
 
-    def authorized(self, request: web.BaseRequest) -> bool:
-        """Whether the request carries a configured token (`Authorization: Bearer` or
-        `?token=`); compared in constant time against every token."""
+    def authorized(self, request: web.BaseRequest) -> Callable[[str], bool] | bool:
+        """What the request's token (`Authorization: Bearer` or `?token=`) may publish: True
+        for an `ingest.tokens` one (every symbol), the check of an `[[auth.tokens]]` one's
+        `publish` patterns, False for none; compared in constant time against every token."""
         given = ""
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
@@ -226,11 +233,19 @@ class IngestSource(BaseSource):
         found = False
         for token in self._tokens:
             found |= hmac.compare_digest(candidate, token)
-        return found
+        if found:
+            return True
+        if self._publishers is not None:
+            principal = self._publishers.publisher(given)
+            if principal is not None:
+                check: Callable[[str], bool] = principal.may_publish
+                return check
+        return False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """`GET /ingest`: authenticate, upgrade, then one message at a time until it closes."""
-        if not self.authorized(request):
+        rights = self.authorized(request)
+        if rights is False:
             self.count("unauthorized")
             log.info("refused a producer from %s: no or wrong token", request.remote)
             return _json_error(
@@ -263,6 +278,8 @@ class IngestSource(BaseSource):
             TokenBucket(settings.message_rate, settings.message_burst, now),
             now,
         )
+        if rights is not True:
+            producer.may_publish = rights
         self._connect(producer)
         try:
             await self._serve(producer, ws)
@@ -336,8 +353,13 @@ class IngestSource(BaseSource):
         remembers which symbols the producer sent (the parser asks only for good ticks)."""
         names = self._names
         sent = producer.syms.add
+        may_publish = producer.may_publish
 
         def intern(name: str) -> int:
+            if may_publish is not None and not may_publish(name):
+                raise SymbolRejected(
+                    f"this token may not publish {name!r} (its [[auth.tokens]] publish patterns)"
+                )
             sym = names.get(name)
             if sym is None:
                 # Raises SymbolRejected (another source owns it, or limits.max_symbols), which
@@ -425,19 +447,25 @@ async def _close(ws: web.WebSocketResponse, code: int, reason: str, timeout: flo
         await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:123]), timeout)
 
 
-def enabled(section: Any) -> bool:
-    return bool(all_tokens(section))
+def enabled(section: Any, config: Config) -> bool:
+    from feed.auth import Authenticator
+
+    return bool(all_tokens(section)) or Authenticator(config.auth).publishers
 
 
 def create(section: Any, config: Config) -> IngestSource:
+    from feed.auth import Authenticator
+
     settings: IngestConfig = section
     tokens = all_tokens(settings)
-    if not tokens:
+    publishers = Authenticator(config.auth)
+    if not tokens and not publishers.publishers:
         raise ConfigError(
             "config key 'ingest.tokens' is empty, but producers need a token: set "
-            f"ingest.tokens or {ENV_TOKENS} (the endpoint runs whenever one is set)"
+            f"ingest.tokens or {ENV_TOKENS}, or give an [[auth.tokens]] table publish patterns "
+            "(the endpoint runs whenever one is set)"
         )
-    bad = _tokens(tokens)
+    bad = _tokens(tokens) if tokens else None
     if bad:
         raise ConfigError(f"the tokens in {ENV_TOKENS} {bad}")
     return IngestSource(
@@ -445,6 +473,7 @@ def create(section: Any, config: Config) -> IngestSource:
         tokens,
         ping_interval=config.websocket.ping_interval,
         close_timeout=config.websocket.close_timeout,
+        publishers=publishers if publishers.publishers else None,
     )
 
 

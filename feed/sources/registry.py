@@ -25,7 +25,7 @@ class SourceKind:
     create: Callable[[Any, Config], Source]
     """Builds the source from its section (and the whole config, for shared limits). Raises
     `feed.config.ConfigError` naming the key for a value that is only wrong in context."""
-    enabled: Callable[[Any], bool] | None = None
+    enabled: Callable[[Any, Any], bool] | None = None
     """Runs without being listed in `source.kinds` when this says so (the producer endpoint,
     whenever a token is set)."""
 
@@ -54,6 +54,10 @@ def create_all(config: Config) -> list[Source]:
     _load_builtins()
     sources = [KINDS[name].create(config.section(name), config) for name in config.source.kinds]
     for name, kind in KINDS.items():
-        if name not in config.source.kinds and kind.enabled and kind.enabled(config.section(name)):
+        if (
+            name not in config.source.kinds
+            and kind.enabled
+            and kind.enabled(config.section(name), config)
+        ):
             sources.append(kind.create(config.section(name), config))
     return sources
