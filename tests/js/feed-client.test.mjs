@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import net from "node:net";
+import { createHash } from "node:crypto";
 import { createInterface } from "node:readline";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -407,4 +408,28 @@ test("a resubscribe refused round after round drops the connection", TIMEOUT, as
   const [snap] = await when(feed, "snapshot", (s) => s.symbol === "MSFT" && s.last === 2.5);
   assert.equal(snap.seq, 1); // from the server behind /ws, reconnected to
   assert.equal(feed.state, "live");
+});
+
+test("a token opens a feed with auth, and reads only its entitlements", TIMEOUT, async (t) => {
+  const token = "js-t0ken";
+  const sha256 = createHash("sha256").update(token).digest("hex");
+  const served = await serve(t, [
+    "--symbols", "5", "--rate", "50",
+    "--set", "auth.required=true",
+    "--set", `auth.tokens=[{sha256="${sha256}", read=["AAPL", "MS*"]}]`,
+  ]);
+  const feed = client(t, served.url, { token });
+  assert.deepEqual(await feed.symbols(), ["AAPL", "MSFT"]);
+  feed.connect();
+  await feed.subscribe(["AAPL"]);
+  await assert.rejects(feed.subscribe(["NVDA"]), (error) => {
+    assert.ok(error instanceof FeedError);
+    assert.equal(error.code, "not_entitled");
+    assert.match(error.message, /NVDA/);
+    return true;
+  });
+  assert.equal(feed.state, "live");
+  // Without the token, nothing: the upgrade is refused (401) and /symbols too.
+  const stranger = client(t, served.url);
+  await assert.rejects(stranger.symbols(), /401/);
 });
