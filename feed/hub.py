@@ -64,6 +64,9 @@ class Hub:
             "closed_slow": 0,
             "closed_rate_limited": 0,
             "conflated_closed": 0,
+            "frames_closed": 0,
+            "bytes_closed": 0,
+            "closed_too_big": 0,
         }
 
     # -- connections --------------------------------------------------------------------------
@@ -101,6 +104,8 @@ class Hub:
         writer.state = State.CLOSED
         self._forget(writer)
         self.counters["conflated_closed"] += writer.mailbox.conflated + writer.throttled
+        self.counters["frames_closed"] += writer.frames_sent
+        self.counters["bytes_closed"] += writer.bytes_sent
 
     def _forget(self, writer: Writer) -> None:
         self.registry.remove(writer)
@@ -302,6 +307,8 @@ class Hub:
             + sum(map(_throttled, conns)),
             "frames_sent": sum(map(_frames_sent, conns)),
             "bytes_sent": sum(map(_bytes_sent, conns)),
+            "frames_sent_total": self.counters["frames_closed"] + sum(map(_frames_sent, conns)),
+            "bytes_sent_total": self.counters["bytes_closed"] + sum(map(_bytes_sent, conns)),
             "view_payloads": self.frames.encoded,
             **self.counters,
         }

@@ -203,13 +203,13 @@ class _Collector:
         yield _gauge("feed_subscribed_symbols", "Symbols with at least one subscriber", held)
         yield _counter(
             "feed_frames_sent",
-            "WebSocket frames sent to the connections open now (those of closed ones drop out)",
-            stats["frames_sent"],
+            "WebSocket frames sent, to every connection since start (closed ones included)",
+            stats["frames_sent_total"],
         )
         yield _counter(
             "feed_bytes_sent",
-            "Bytes sent to the connections open now (those of closed ones drop out)",
-            stats["bytes_sent"],
+            "Bytes sent, to every connection since start (closed ones included)",
+            stats["bytes_sent_total"],
         )
         yield _counter(
             "feed_updates_conflated",
@@ -225,6 +225,7 @@ class _Collector:
             (
                 (["slow_consumer"], counters["closed_slow"]),
                 (["rate_limited"], counters["closed_rate_limited"]),
+                (["too_big"], counters["closed_too_big"]),
             ),
         )
         yield _counter(

@@ -310,6 +310,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif message.type is WSMsgType.BINARY:
                 hub.reject_binary(conn)
             elif message.type is WSMsgType.ERROR:
+                if getattr(message.data, "code", None) == CloseCode.MESSAGE_TOO_BIG:
+                    hub.counters["closed_too_big"] += 1  # aiohttp closed it with 1009
                 break
     finally:
         hub.disconnect(conn)

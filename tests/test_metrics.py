@@ -280,3 +280,26 @@ async def test_text_is_the_default() -> None:
     finally:
         await proc.stop()
     assert not any(line.startswith("{") for line in proc.lines)
+
+
+async def test_frames_sent_count_closed_connections_and_a_message_too_big_is_counted(
+    start_feed: StartFeed,
+) -> None:
+    """Counters never go down when a client leaves (Prometheus would read a reset), and the
+    1009 close that aiohttp makes for a message over the limit is counted."""
+    feed = await start_feed(limits={"max_message_size": 64})
+    ws = await feed.ws()
+    await ws.send_json({"op": "ping", "id": 1})
+    await ws.receive(timeout=5)
+    before = value(await scrape(feed), "feed_frames_sent_total")
+    await ws.close()
+    big = await feed.ws()
+    await big.send_str('{"op":"ping","pad":"' + "x" * 100 + '"}')
+    closing = await big.receive(timeout=5)
+    assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+    # Our close reply reaches the server before the scrape's connection does, and the server's
+    # handler counts the close in the turn that reply wakes it: the scrape comes after.
+    await big.close()
+    samples = await scrape(feed)
+    assert value(samples, "feed_frames_sent_total") >= before >= 1  # closed ones still count
+    assert value(samples, "feed_connections_closed_total", reason="too_big") == 1
