@@ -341,3 +341,18 @@ def test_the_render_benchmark_runs_and_reports(browser: Browser, tmp_path: Path)
     assert 0 <= run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] < 10_000
     assert run["server_cpu"] > 0 and run["browser_cpu"]["renderer"] > 0
     assert result["server_exit_code"] == 0
+
+
+def test_the_dashboard_takes_a_token_and_shows_only_what_it_may_read(page: Page) -> None:
+    import hashlib
+
+    token = "desk-t0ken"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    tables = f'[{{sha256="{digest}", read=["AAPL", "MSFT"]}}]'
+    args = ("--symbols", "10", "--set", "auth.required=true", "--set", f"auth.tokens={tables}")
+    with serving(*args) as feed:
+        page.goto(feed.url + f"/?token={token}")
+        expect(page.locator("#conn-text")).to_have_text("Live")
+        # Its first watchlist is what /symbols lists for this token: only what it may read.
+        expect_order(page, ["AAPL", "MSFT"])
+        wait_for_change(row(page, "AAPL").locator(".c-last"))
