@@ -337,7 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "gateway" and config.server.workers > 1:
             from feed import workers
 
-            return workers.supervise(config, list(argv if argv is not None else sys.argv[1:]))
+            try:
+                return workers.supervise(config, list(argv if argv is not None else sys.argv[1:]))
+            except ConfigError as exc:
+                print(f"feed: {exc}", file=sys.stderr)
+                return 2
         try:
             _run(serve(config, args.command, reuse_port=workers_child()))
         except ConfigError as exc:  # a value only wrong in context, found building the sources

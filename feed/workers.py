@@ -38,7 +38,10 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 
 def supervise(config: Config, argv: list[str]) -> int:
+    from feed.auth import check_bind
+
     host, count = config.server.host, config.server.workers
+    check_bind(config.auth, host)  # what each worker would refuse: refused once, here
     reserved = _reserve(host, config.server.port)
     port = reserved.getsockname()[1]
     command = [sys.executable, "-m", "feed", *argv, "--port", str(port), "--workers", "1"]
@@ -70,6 +73,7 @@ def supervise(config: Config, argv: list[str]) -> int:
         port,
     )
     code = 0
+    refused = False
     try:
         while children:
             pid, status = os.wait()
@@ -80,10 +84,15 @@ def supervise(config: Config, argv: list[str]) -> int:
             if stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            if code == 2:  # a bad config value, said by the worker: starting again cannot help
+                log.error("gateway worker %d refused its config; stopping every worker", index)
+                refused = True
+                stop(signal.SIGTERM, None)
+                continue
             log.warning("gateway worker %d exited with %d; starting it again", index, code)
             time.sleep(RESTART_WAIT)
             if not stopping:
                 start(index)
     finally:
         reserved.close()
-    return 0 if stopping else code
+    return 2 if refused else 0 if stopping else code

@@ -123,6 +123,7 @@ def test_bad_config_stops_start_up_naming_the_key(args: list[str], message: str)
         ("gateway", ["--workers", "0"], "config key 'server.workers' must be >= 1, got 0"),
         ("ingest", ["--set", "bus.prefix=a..b"], "config key 'bus.prefix' must be NATS subject"),
         ("ingest", ["--set", "bus.stale_after=0"], "'bus.stale_after' must be > 0, got 0"),
+        ("gateway", ["--workers", "2", "--host", "0.0.0.0"], "refusing to serve on '0.0.0.0'"),
     ],
 )
 def test_bad_bus_config_stops_the_roles_naming_the_key(
