@@ -318,7 +318,9 @@ async def half_open(target: fc.Target, count: int, timeout: float) -> int:
     return closed
 
 
-async def storm(target: fc.Target, clients: int, report: Report) -> None:
+async def storm(
+    target: fc.Target, clients: int, report: Report, phases: list[tuple[str, float]]
+) -> None:
     names = target.symbols
     start = time.monotonic()
     first = await asyncio.gather(
@@ -328,9 +330,10 @@ async def storm(target: fc.Target, clients: int, report: Report) -> None:
         client.subscribe()
     await asyncio.wait_for(asyncio.gather(*(c.snapshot for c in first)), 120)
     report.say(f"  {clients} connected and subscribed in {time.monotonic() - start:.1f} s")
+    dropped = time.monotonic()
+    phases.append((phases[-1][0] + " drop+reconnect", dropped))
     for client in first:
         client.rst()
-    dropped = time.monotonic()
     again: list[Client] = []
 
     async def back(i: int) -> Client:
@@ -377,6 +380,7 @@ def prober(host: str, port: int, seconds_file: str) -> None:
     print("ready", flush=True)
     rtts: list[float] = []
     late: list[float] = []
+    at: list[float] = []
     next_at = time.monotonic()
     while not os.path.exists(seconds_file):
         now = time.monotonic()
@@ -393,20 +397,42 @@ def prober(host: str, port: int, seconds_file: str) -> None:
             if value.get("type") == "pong":
                 break
         rtts.append(time.monotonic() - sent)
+        at.append(sent)
         next_at = max(next_at + 0.01, time.monotonic())
     raw.close()
-    print(orjson.dumps({"rtt": rtts, "late": late}).decode())
+    print(orjson.dumps({"rtt": rtts, "late": late, "at": at}).decode())
 
 
 def _ms(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def summarize_probe(report: Report, output: str, stall_target: bool = True) -> None:
+def summarize_probe(
+    report: Report,
+    output: str,
+    stall_target: bool = True,
+    phases: list[tuple[str, float]] | None = None,
+) -> None:
+    """The prober's round trips, overall and (`phases`: names and monotonic start times, the
+    clock is the machine's, shared by both processes) the longest in each phase."""
     data = orjson.loads(output)
     if "error" in data:
         report.fail(f"the prober lost its connection: {data['error']}")
         return
+    if phases:
+        marks = [*phases, ("end", float("inf"))]
+        longest = []
+        for (name, begin), (_, end) in itertools.pairwise(marks):
+            inside = [r for r, a in zip(data["rtt"], data["at"], strict=True) if begin <= a < end]
+            if inside:
+                longest.append(f"{name} {max(inside) * 1000:.0f}")
+        report.say("prober: longest round trip per phase (ms): " + ", ".join(longest))
+        worst = sorted(zip(data["rtt"], data["at"], strict=True), reverse=True)[:5]
+        where = []
+        for rtt, at in worst:
+            name, begin = [(n, b) for n, b in phases if b <= at][-1]
+            where.append(f"{rtt * 1000:.0f} ms at {name} +{at - begin:.2f} s")
+        report.say("prober: the longest round trips: " + "; ".join(where))
     rtts = sorted(data["rtt"])
     late = sorted(data["late"])
     report.say(
@@ -420,6 +446,27 @@ def summarize_probe(report: Report, output: str, stall_target: bool = True) -> N
         )
 
 
+def gc_figures(target: fc.Target) -> dict[str, Any]:
+    figures: dict[str, Any] = target.http_get_json("/stats")["gc"]
+    return figures
+
+
+def report_gc(report: Report, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """The server's collections during a storm (/stats `gc`: counts and seconds are totals, so
+    the difference; the longest pause is since start-up, so the storm's if it grew)."""
+    parts = []
+    for g in range(3):
+        count = after["collections"][g] - before["collections"][g]
+        spent = (after["seconds"][g] - before["seconds"][g]) * 1000
+        longest = after["longest_ms"][g]
+        grew = "" if longest > before["longest_ms"][g] else " (before)"
+        parts.append(f"gen{g} {count} in {spent:.0f} ms, longest {longest:.1f} ms{grew}")
+    report.say(
+        "  gc during the storm: " + "; ".join(parts) + f"; frozen {after['frozen_objects']} "
+        f"objects, {after['freezes']} freezes, {after['unfreezes']} unfreezes"
+    )
+
+
 async def run(args: argparse.Namespace, report: Report) -> None:
     server_cpus, client_cpus = cores()
     if client_cpus:
@@ -431,6 +478,10 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         "limits.max_connections": args.clients + args.half_open + 500,
         "limits.slow_consumer_timeout": args.slow_timeout,
     }
+    for setting in args.feed_set:
+        key, _, value = setting.partition("=")
+        settings[key] = value
+    phases: list[tuple[str, float]] = []
     served = fc.start_serve(
         settings,
         symbols=args.symbols,
@@ -456,6 +507,7 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         if probe.stdout.readline().strip() != b"ready":
             raise RuntimeError("the prober did not connect")
         report.say(f"feed serve pid {target.pid} on {target.host}:{target.port}, open files {hard}")
+        phases.append(("warm-up", time.monotonic()))
         warm = await churn(target, 50)
         baseline = await asyncio.to_thread(fc.settle, target, fc.resources(target), 15)
         report.say(
@@ -463,17 +515,20 @@ async def run(args: argparse.Namespace, report: Report) -> None:
             f"connection(s), {baseline.fds} fds, RSS {baseline.rss / 2**20:.1f} MiB"
         )
         start = time.monotonic()
+        phases.append(("churn", start))
         done = await churn(target, args.cycles)
         report.say(
             f"churn: {done} connect/subscribe/unsubscribe/close cycles "
             f"in {time.monotonic() - start:.1f} s"
         )
         await check_resources(report, target, baseline, "churn", CONCURRENCY)
+        phases.append(("vanish", time.monotonic()))
         await vanish(target, args.vanish)
         report.say(
             f"vanish: {args.vanish} subscribed clients gone without a close (half RST, half FIN)"
         )
         await check_resources(report, target, baseline, "vanish", CONCURRENCY)
+        phases.append(("half-open", time.monotonic()))
         closed = await half_open(target, args.half_open, args.slow_timeout + 20)
         report.say(
             f"half-open: {closed} of {args.half_open} clients that stopped reading "
@@ -484,16 +539,26 @@ async def run(args: argparse.Namespace, report: Report) -> None:
         stats = (await asyncio.to_thread(target.http_get_json, "/stats"))["hub"]
         report.say(f"  closed_slow so far: {stats['closed_slow']}")
         await check_resources(report, target, baseline, "half-open", CONCURRENCY)
-        report.say(f"storm: {args.clients} clients")
-        await storm(target, args.clients, report)
-        await check_resources(report, target, baseline, "storm", args.clients, timeout=60)
+        for round_ in range(1, args.rounds + 1):
+            report.say(f"storm: {args.clients} clients" + (f", round {round_}" * (args.rounds > 1)))
+            before = await asyncio.to_thread(gc_figures, target)
+            phases.append((f"storm {round_}", time.monotonic()))
+            await storm(target, args.clients, report, phases)
+            await check_resources(report, target, baseline, "storm", args.clients, timeout=60)
+            phases.append((f"after storm {round_}", time.monotonic()))
+            report_gc(report, before, await asyncio.to_thread(gc_figures, target))
         if served.process.poll() is not None:
             report.fail(f"the server exited with {served.process.returncode}")
     finally:
         Path(stop_file).touch()
         try:
             out, _ = probe.communicate(timeout=60)
-            summarize_probe(report, out.decode().splitlines()[-1], args.stall_target)
+            last = out.decode().splitlines()[-1]
+            if args.probe_out:  # the round trips and phases, to lay beside the server's log
+                Path(args.probe_out).write_text(
+                    orjson.dumps({"probe": orjson.loads(last), "phases": phases}).decode()
+                )
+            summarize_probe(report, last, args.stall_target, phases)
         finally:
             Path(stop_file).unlink(missing_ok=True)
             fc.stop_serve(served)
@@ -517,6 +582,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half-open", type=int, default=20)
     parser.add_argument(
         "--slow-timeout", type=float, default=10.0, help="limits.slow_consumer_timeout"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="storms one after another in the same server"
+    )
+    parser.add_argument(
+        "--feed-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a config setting for the server, e.g. gc.freeze=true (repeatable)",
+    )
+    parser.add_argument(
+        "--probe-out",
+        metavar="FILE",
+        help="write the prober's round trips (with send times, time.monotonic) and the phases",
     )
     parser.add_argument(
         "--no-stall-target",
