@@ -138,6 +138,21 @@ class _Collector:
             if part is not None:
                 yield from self._bus(node.role, part.stats())
         yield from self._gc(node)
+        limits = node.config.limits
+        yield _labelled(
+            GaugeMetricFamily(
+                "feed_limit",
+                "The configured limits (limits.*), for alerts relative to them",
+                labels=["key"],
+            ),
+            [
+                (["max_connections"], float(limits.max_connections)),
+                (["max_symbols"], float(limits.max_symbols)),
+                (["max_symbols_per_connection"], float(limits.max_symbols_per_connection)),
+                (["slow_consumer_timeout"], limits.slow_consumer_timeout),
+                (["control_rate"], limits.control_rate),
+            ],
+        )
         yield _gauge(
             "feed_metrics_render_seconds",
             "Seconds the previous scrape of /metrics took to render",

@@ -303,3 +303,10 @@ async def test_frames_sent_count_closed_connections_and_a_message_too_big_is_cou
     samples = await scrape(feed)
     assert value(samples, "feed_frames_sent_total") >= before >= 1  # closed ones still count
     assert value(samples, "feed_connections_closed_total", reason="too_big") == 1
+
+
+async def test_the_configured_limits_are_on_the_page(start_feed: StartFeed) -> None:
+    feed = await start_feed(limits={"max_connections": 123})
+    samples = await scrape(feed)
+    assert value(samples, "feed_limit", key="max_connections") == 123
+    assert value(samples, "feed_limit", key="slow_consumer_timeout") == 10.0
