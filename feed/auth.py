@@ -148,7 +148,8 @@ class Authenticator:
         return principal
 
 
-def token_of(request: web.Request) -> str | None:
+def token_of(request: web.BaseRequest) -> str | None:
+    """The token a request presents: `Authorization: Bearer <token>`, else `?token=`."""
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None

@@ -43,13 +43,16 @@ def peers() -> list[str]:
     return available
 
 
-def run_benchmark(*args: str, out: Path) -> dict[str, Any]:
+def run_benchmark(
+    *args: str, out: Path, module: str = "benchmarks", timeout: float = 300
+) -> dict[str, Any]:
+    """`python -m <module> ARGS --out OUT`, which must succeed; its report.json (and stdout)."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args, "--out", str(out)],
+        [sys.executable, "-m", module, *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -3,42 +3,24 @@ configuration and reports the figures a reader looks for; it never judges speed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.scaleout import NATS_SERVER
+from tests.scaleout import need_nats
+from tests.test_benchmarks import run_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--duration", "1", "--warmup", "0.3", "--idle", "0.3"]
 
 
 @pytest.fixture(autouse=True)
-def need_nats() -> None:
-    if NATS_SERVER is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nats-server is missing under CI=true (.ci/run installs it)")
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+def _nats() -> None:
+    need_nats()
 
 
 def scaleout(*args: str, out: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scaleout", *args, "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    document: dict[str, Any] = json.loads((out / "report.json").read_text())
-    document["_stdout"] = result.stdout
-    return document
+    return run_benchmark(*args, out=out, module="benchmarks.scaleout", timeout=120)
 
 
 def test_latency_compares_serve_and_the_split_in_one_run(tmp_path: Path) -> None:

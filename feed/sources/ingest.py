@@ -47,6 +47,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from feed import protocol, tickparse
+from feed.auth import token_of
 from feed.config import Config, ConfigError, at_least_one, key, positive
 from feed.protocol import CloseCode, ErrorCode
 from feed.ratelimit import TokenBucket
@@ -220,13 +221,7 @@ class IngestSource(BaseSource):
         """What the request's token (`Authorization: Bearer` or `?token=`) may publish: True
         for an `ingest.tokens` one (every symbol), the check of an `[[auth.tokens]]` one's
         `publish` patterns, False for none; compared in constant time against every token."""
-        given = ""
-        header = request.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() == "bearer":
-            given = credentials.strip()
-        elif "token" in request.query:
-            given = request.query["token"]
+        given = token_of(request)
         if not given:
             return False
         candidate = given.encode()
