@@ -577,7 +577,6 @@ def gc_window(start: dict[str, Any], end: dict[str, Any], elapsed: float) -> dic
         "collections": collections,
         "ms": [round(1000 * s, 3) for s in seconds],
         "percent": round(100 * sum(seconds) / elapsed, 3) if elapsed > 0 else 0.0,
-        "frozen_objects": end.get("frozen_objects", 0),
     }
 
 

@@ -96,6 +96,8 @@ class LimitsConfig:
     control_rate: float = _key(20.0, _positive)
     control_burst: int = _key(50, _at_least_one)
     slow_consumer_timeout: float = _key(10.0, _positive)
+    handshakes_per_turn: int = _key(64, _at_least_one)
+    requests_per_turn: int = _key(256, _at_least_one)
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,9 @@ class WebSocketConfig:
 
 @dataclass(frozen=True)
 class GcConfig:
-    freeze: bool = _key(False)
+    freeze: bool = _key(True)
     settle: float = _key(2.0, _positive)
+    compact_after: int = _key(100_000, _at_least_one)
 
 
 def _subscribe_mode(value: Any) -> str | None:

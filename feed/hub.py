@@ -14,6 +14,7 @@ import asyncio
 import logging
 import operator
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +27,17 @@ from feed.protocol import CloseCode, ErrorCode
 from feed.ratelimit import TokenBucket
 from feed.registry import SubscriptionRegistry
 from feed.session import Close, Hold, Release, Send, SendSnapshot, Session, TellStale
+from feed.turns import PerTurn
 from feed.views import Frames
 from feed.writer import DEFAULT, State, Writer
 
 log = logging.getLogger(__name__)
+
+FLUSH_SLICE = 0.005
+"""Seconds of flushing sockets before the event loop gets a turn (pings, requests, handshakes);
+the writers left wait in the backlog, in order, for the next turn."""
+FLUSH_CHECK = 32
+"""Writers flushed between two readings of the clock."""
 
 Connection = Writer
 """What the hub calls a connection: its writer, which knows its session."""
@@ -54,6 +62,16 @@ class Hub:
         """Symbols whose source went quiet or away, and why (what `status` said last)."""
         self.stalled: set[Writer] = set()
         """Writers with pending snapshots whose sockets were full at the last try."""
+        self.backlog: deque[Writer] = deque()
+        """Writers with mail that a fan-out left for the loop's next turn (FLUSH_SLICE)."""
+        self._waiting: set[Writer] = set()
+        """The writers in `backlog`."""
+        self._draining = False
+        self.handshakes = PerTurn(limits.handshakes_per_turn)
+        """WebSocket upgrades admitted per turn of the loop (a reconnection storm's thousands
+        would otherwise run back to back while everyone else waits)."""
+        self.requests = PerTurn(limits.requests_per_turn)
+        """Client requests carried out per turn of the loop (10,000 subscribes at once)."""
         self._patterned: dict[Writer, None] = {}
         """Writers whose sessions hold patterns (symbols that appear later may match)."""
         self._known = len(market.symbols)
@@ -233,7 +251,10 @@ class Hub:
 
     def publish(self, syms: list[int]) -> None:
         """Offer each changed symbol to its subscribers and flush every socket that can take
-        more. Never waits: a full socket keeps its symbols conflated in its mailbox."""
+        more. Never waits: a full socket keeps its symbols conflated in its mailbox. Never
+        holds the loop for long either: after FLUSH_SLICE of flushing, the writers left are
+        flushed on the loop's next turns (their mailboxes conflate what comes meanwhile), so a
+        fan-out to 10,000 connections does not keep pings, requests and handshakes waiting."""
         if self._patterned and len(self.market.symbols) != self._known:
             self._known_symbols()
         now = self._clock()
@@ -250,8 +271,52 @@ class Hub:
                 dirty[writer] = None
         if self.stalled:
             dirty.update(dict.fromkeys(self.stalled))
-        market = self.market
-        self.stalled = {writer for writer in dirty if not writer.flush(now, market)}
+            self.stalled = set()
+        if self.backlog:  # a fan-out is still under way: those waiting keep their places
+            waiting, backlog = self._waiting, self.backlog
+            for writer in dirty:
+                if writer not in waiting:
+                    waiting.add(writer)
+                    backlog.append(writer)
+            self._schedule_drain()  # (already is, unless the last drain failed)
+            return
+        writers = list(dirty)
+        market, stalled = self.market, self.stalled
+        deadline = time.perf_counter() + FLUSH_SLICE
+        for start in range(0, len(writers), FLUSH_CHECK):
+            for writer in writers[start : start + FLUSH_CHECK]:
+                if not writer.flush(now, market):
+                    stalled.add(writer)
+            if time.perf_counter() > deadline and start + FLUSH_CHECK < len(writers):
+                left = writers[start + FLUSH_CHECK :]
+                self.backlog.extend(left)
+                self._waiting.update(left)
+                self._schedule_drain()
+                return
+
+    def _schedule_drain(self) -> None:
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Flush the backlog for another FLUSH_SLICE; again on the next turn if some are left."""
+        self._draining = False
+        backlog, waiting, stalled = self.backlog, self._waiting, self.stalled
+        now, market = self._clock(), self.market
+        deadline = time.perf_counter() + FLUSH_SLICE
+        try:
+            while backlog:
+                for _ in range(min(FLUSH_CHECK, len(backlog))):
+                    writer = backlog.popleft()
+                    waiting.discard(writer)
+                    if not writer.flush(now, market):
+                        stalled.add(writer)
+                if time.perf_counter() > deadline:
+                    break
+        finally:
+            if backlog:
+                self._schedule_drain()
 
     def status(self, state: str, syms: list[int], reason: str | None) -> None:
         """Tell each subscriber of `syms` that those it holds turned `stale` or `live`. What
@@ -276,9 +341,17 @@ class Hub:
             writer.send(protocol.status(state, [names[sym] for sym in mine], reason), now)
 
     def retry_stalled(self) -> None:
+        """Flush again the writers whose sockets were full, through the backlog: a storm can
+        leave thousands of them, and they too are flushed a slice at a time."""
         if self.stalled:
-            now, market = self._clock(), self.market
-            self.stalled = {writer for writer in self.stalled if not writer.flush(now, market)}
+            stalled, self.stalled = self.stalled, set()
+            waiting, backlog = self._waiting, self.backlog
+            for writer in stalled:
+                if writer not in waiting:
+                    waiting.add(writer)
+                    backlog.append(writer)
+            if not self._draining:
+                self._drain()
 
     def _wake(self, writer: Writer, delay: float) -> None:
         """A writer's throttle ends in `delay` seconds: send what it held then."""
@@ -293,6 +366,17 @@ class Hub:
             self.stalled.add(writer)
 
     # -- reading ------------------------------------------------------------------------------
+
+    def activity(self) -> dict[str, int]:
+        """Running counts of what the loop does for connections, cheap to read (no sums over
+        connections): logged beside a stall as changes (feed.loopwatch)."""
+        return {
+            "accepted": self.counters["accepted"],
+            "closed": self.counters["accepted"] - len(self.connections),
+            "handshakes_deferred": self.handshakes.deferred,
+            "requests": self.requests.taken,
+            "backlog": len(self.backlog),
+        }
 
     def stats(self, per_connection: bool = False) -> dict[str, Any]:
         """Totals over live connections (and conflation over closed ones too), summed in C: an
@@ -310,6 +394,10 @@ class Hub:
             "frames_sent_total": self.counters["frames_closed"] + sum(map(_frames_sent, conns)),
             "bytes_sent_total": self.counters["bytes_closed"] + sum(map(_bytes_sent, conns)),
             "view_payloads": self.frames.encoded,
+            "backlog": len(self.backlog),
+            "handshakes_deferred": self.handshakes.deferred,
+            "handshakes_waiting": len(self.handshakes.waiting),
+            "requests_deferred": self.requests.deferred,
             **self.counters,
         }
         if per_connection:

@@ -18,8 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
+from feed.loopwatch import BUCKETS
 from feed.protocol import ErrorCode
 from feed.sources.base import SourceState
 
@@ -138,6 +144,7 @@ class _Collector:
             if part is not None:
                 yield from self._bus(node.role, part.stats())
         yield from self._gc(node)
+        yield from self._loop(node)
         limits = node.config.limits
         yield _labelled(
             GaugeMetricFamily(
@@ -303,6 +310,24 @@ class _Collector:
                 labels=["generation"],
             ),
             zip(([g] for g in generations), watch.longest, strict=True),
+        )
+
+    def _loop(self, node: Node) -> Iterator[Metric]:
+        watch = node.loop
+        family = HistogramMetricFamily(
+            "feed_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 20 ms: how long it was held",
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip([*BUCKETS, float("inf")], watch.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family.add_metric([], buckets, watch.total)
+        yield family
+        yield _gauge(
+            "feed_event_loop_lag_longest_seconds",
+            "The longest the event loop was held so far",
+            watch.longest,
         )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import socket
@@ -25,8 +24,9 @@ from aiohttp import WSMsgType, web
 from feed import auth, metrics, static
 from feed.config import Config, ConfigError
 from feed.follower import Follower
-from feed.gcwatch import GcWatch
+from feed.gcwatch import GcWatch, release_websocket
 from feed.hub import Hub
+from feed.loopwatch import LoopWatch
 from feed.market import Market
 from feed.pipeline import Pipeline
 from feed.protocol import CloseCode
@@ -65,6 +65,8 @@ class Node:
     """Who may connect and read what: one path for /ws and HTTP alike."""
     gc: GcWatch = dataclasses.field(default_factory=GcWatch)
     """Times the cyclic collector's pauses (and freezes what is long-lived, `gc.freeze`)."""
+    loop: LoopWatch = dataclasses.field(default_factory=LoopWatch)
+    """How long the event loop was held at a time (a timer's lateness)."""
 
 
 NODE = web.AppKey("node", Node)
@@ -172,6 +174,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(Sweeper(node.hub).run(), name="feed-sweeper"))
     if node.recorder is not None:
         tasks.append(asyncio.create_task(node.recorder.run(), name="feed-recorder"))
+    if node.hub is not None:
+        node.loop.context = node.hub.activity
+    tasks.append(asyncio.create_task(node.loop.run(), name="feed-loopwatch"))
     node.gc.install()
     if node.config.gc.freeze and node.hub is not None:
         counters, live = node.hub.counters, node.hub.connections
@@ -180,12 +185,17 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             return counters["accepted"], counters["accepted"] - len(live)
 
         tasks.append(
-            asyncio.create_task(node.gc.tend(connections, node.config.gc.settle), name="feed-gc")
+            asyncio.create_task(
+                node.gc.tend(
+                    connections,
+                    settle=node.config.gc.settle,
+                    compact_after=node.config.gc.compact_after,
+                ),
+                name="feed-gc",
+            )
         )
     yield
-    node.gc.uninstall()
-    if node.config.gc.freeze:
-        gc.unfreeze()  # an embedding program (a test) goes on with its collector as it was
+    node.gc.uninstall()  # an embedding program (a test) goes on with its collector as it was
     for task in tasks:
         task.cancel()
     for task in tasks:
@@ -272,6 +282,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             )
             response.headers["Retry-After"] = "1"
             return response
+    await hub.handshakes.admit()  # a storm's upgrades a few per turn of the loop, in order
     if hub.full:
         hub.counters["rejected_full"] += 1
         response = _json(
@@ -304,8 +315,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.websocket.send_buffer_size)
     conn = hub.connect(ws, transport, None if principal.reads_all else principal.may_read)
     try:
+        requests = hub.requests
         async for message in ws:
             if message.type is WSMsgType.TEXT:
+                if not requests.enter():
+                    await requests.admit()  # a burst of requests: a few per turn, in order
                 hub.receive(conn, message.data)
             elif message.type is WSMsgType.BINARY:
                 hub.reject_binary(conn)
@@ -315,6 +329,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         hub.disconnect(conn)
+        release_websocket(request, ws)
     return ws
 
 
@@ -420,6 +435,7 @@ async def stats(request: web.Request) -> web.Response:
         if part is not None:
             body["bus"] = part.stats()
     body["gc"] = node.gc.stats()
+    body["loop"] = node.loop.stats()
     body["pid"] = os.getpid()  # which process answered (feed gateway --workers N)
     if node.hub is not None:
         body["hub"] = node.hub.stats(per_connection=request.query.get("connections") == "1")

@@ -64,6 +64,9 @@ def start_feed(
     ) -> Feed:
         """A feed on a free port, fed by `source` or else by a PushSource of `symbols`."""
         push = PushSource(symbols or SYMBOLS)
+        # Freezing (on by default) would walk and freeze the whole test process's heap at each
+        # start: tests that are about it ask for it (tests/test_gc.py).
+        sections.setdefault("gc", {"freeze": False})
         app = create_app(config.build(sections), source or push)
         server = await aiohttp_server(app)
         client = await aiohttp_client(server)

@@ -82,4 +82,18 @@ class RawClient:
                     raise Closed(code, payload[2:].decode(errors="replace"))
 
     def close(self) -> None:
+        """Go with a FIN and no close frame."""
         self.writer.close()
+
+    def reset(self) -> None:
+        """Vanish with a reset (SO_LINGER 0): what a crashed client or a dropped link does."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    async def send_close(self, code: int = 1000) -> None:
+        """A close frame; the server answers with its own."""
+        mask = os.urandom(4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(struct.pack("!H", code)))
+        self.writer.write(struct.pack("!BB", 0x88, 0x80 | 2) + mask + payload)
+        await self.writer.drain()

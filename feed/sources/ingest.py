@@ -49,6 +49,7 @@ from aiohttp import WSMsgType, web
 from feed import protocol, tickparse
 from feed.auth import token_of
 from feed.config import Config, ConfigError, at_least_one, key, positive
+from feed.gcwatch import release_websocket
 from feed.protocol import CloseCode, ErrorCode
 from feed.ratelimit import TokenBucket
 from feed.sources.base import BaseSource, Ingest, SourceState, SymbolRejected
@@ -280,6 +281,7 @@ class IngestSource(BaseSource):
             await self._serve(producer, ws)
         finally:
             self._disconnect(producer)
+            release_websocket(request, ws)
         return ws
 
     async def _serve(self, producer: _Producer, ws: web.WebSocketResponse) -> None:

@@ -1,0 +1,70 @@
+"""Work spread over turns of the event loop, so that a burst never holds it for long.
+
+A storm of reconnections puts thousands of handshakes (and then their subscriptions) in the
+loop's ready queue at once; each is short, but together they would run back to back for a
+second or more while pings, requests and the fan-out of every other client wait behind them.
+`PerTurn` admits a few per turn of the loop and lets the rest wait, in order, for the next
+turns; between two turns the loop polls its sockets as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class PerTurn:
+    """At most `limit` admissions per turn of the loop; the rest wait in order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted = 0
+        """Admitted in this turn."""
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.deferred = 0
+        """Admissions that had to wait for a later turn, so far."""
+        self.taken = 0
+        """Admissions so far."""
+        self._scheduled = False
+
+    def enter(self) -> bool:
+        """Admit now if this turn has room and nobody waits (no await: the common case)."""
+        if self.admitted < self.limit and not self.waiting:
+            self.admitted += 1
+            self.taken += 1
+            self._schedule()
+            return True
+        return False
+
+    async def admit(self) -> None:
+        """Return at once if this turn has room, or else on a later turn, first come first
+        admitted. A caller cancelled while waiting simply leaves the queue."""
+        if self.admitted < self.limit and not self.waiting:
+            self.admitted += 1
+            self.taken += 1
+            self._schedule()
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        self.deferred += 1
+        self._schedule()
+        await turn
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """A new turn: room for `limit` more, given first to those waiting."""
+        self._scheduled = False
+        self.admitted = 0
+        waiting = self.waiting
+        while waiting and self.admitted < self.limit:
+            turn = waiting.popleft()
+            if not turn.done():  # not cancelled meanwhile
+                turn.set_result(None)
+                self.admitted += 1
+                self.taken += 1
+        if self.admitted:
+            self._schedule()
