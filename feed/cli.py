@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         "time, written and flushed at once. Each batch's `ts` is the wall clock right before it "
         "is formatted and written: a reader's latency counts from the moment a tick left here. "
         "Apart from `ts` the output is the same for the same flags. On SIGUSR1 one JSON line "
-        "goes to stderr: ticks written so far, seconds since the stream began, the rate asked "
+        "goes to stderr: ticks written so far (the batch being written included), seconds since "
+        "the stream began, the rate asked "
         "for and how far the paced schedule lags.",
     )
     simulate.add_argument("--symbols", type=int, default=10, help="symbol count (default 10)")
@@ -285,9 +286,11 @@ async def simulate(args: argparse.Namespace) -> None:
         _say({"primed": len(opening), "symbols": seen, "of": len(sim.symbols)})
     async for batch in sim.stream():
         batch["ts"] = time.time_ns()
+        # Counted as it goes out: a report that comes while the write blocks on a full pipe
+        # counts this batch, part of which a reader may already hold.
+        written[0] += len(batch)
         out.write(to_ndjson(batch, sim.symbols))
         out.flush()
-        written[0] += len(batch)
 
 
 def _say(line: dict[str, Any]) -> None:
