@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from feed import config, ticks
 from feed.server import create_app
 from feed.source import BatchStream, PushSource
 from feed.sources import Source
+from tests.scaleout import Nats, need_nats, reap
 from tests.wsclient import RawClient
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN"]
@@ -110,3 +112,16 @@ async def subscribe(
     snapshot = await recv(ws)
     assert snapshot["type"] == "snapshot"
     return answer, snapshot
+
+
+@pytest.fixture
+async def nats(tmp_path: Path) -> AsyncIterator[Nats]:
+    """A private `nats-server -js` on a free port, its store in the test's directory; stopped,
+    with every process the test started, when it ends (skipped without nats-server, failed
+    under CI=true: tests.scaleout.need_nats)."""
+    need_nats()
+    server = Nats(tmp_path / "jetstream")
+    await server.start()
+    yield server
+    await server.stop()
+    await reap()

@@ -10,8 +10,6 @@ import datetime
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -25,8 +23,6 @@ from tests.scaleout import (
     Nats,
     Tap,
     Watcher,
-    need_nats,
-    reap,
     spawn,
     start_gateway,
     start_ingest,
@@ -157,16 +153,6 @@ async def test_metrics_can_be_turned_off(start_feed: StartFeed) -> None:
 
 
 # -- the bus roles ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def nats(tmp_path: Path) -> AsyncIterator[Nats]:
-    need_nats()
-    server = Nats(tmp_path / "jetstream")
-    await server.start()
-    yield server
-    await server.stop()
-    await reap()
 
 
 @pytest.mark.timeout(90)

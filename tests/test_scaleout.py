@@ -48,15 +48,6 @@ async def _reaped() -> AsyncIterator[None]:
     await reap()
 
 
-@pytest.fixture
-async def nats(tmp_path: Path) -> AsyncIterator[Nats]:
-    need_nats()
-    server = Nats(tmp_path / "jetstream")
-    await server.start()
-    yield server
-    await server.stop()
-
-
 @contextlib.asynccontextmanager
 async def running(*roles: Role) -> AsyncIterator[None]:
     try:
