@@ -15,7 +15,7 @@ import logging
 import operator
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -273,11 +273,7 @@ class Hub:
             dirty.update(dict.fromkeys(self.stalled))
             self.stalled = set()
         if self.backlog:  # a fan-out is still under way: those waiting keep their places
-            waiting, backlog = self._waiting, self.backlog
-            for writer in dirty:
-                if writer not in waiting:
-                    waiting.add(writer)
-                    backlog.append(writer)
+            self._enqueue(dirty)
             self._schedule_drain()  # (already is, unless the last drain failed)
             return
         writers = list(dirty)
@@ -288,11 +284,17 @@ class Hub:
                 if not writer.flush(now, market):
                     stalled.add(writer)
             if time.perf_counter() > deadline and start + FLUSH_CHECK < len(writers):
-                left = writers[start + FLUSH_CHECK :]
-                self.backlog.extend(left)
-                self._waiting.update(left)
+                self._enqueue(writers[start + FLUSH_CHECK :])
                 self._schedule_drain()
                 return
+
+    def _enqueue(self, writers: Iterable[Writer]) -> None:
+        """Put `writers` at the end of the backlog, but for those already waiting in it."""
+        waiting, backlog = self._waiting, self.backlog
+        for writer in writers:
+            if writer not in waiting:
+                waiting.add(writer)
+                backlog.append(writer)
 
     def _schedule_drain(self) -> None:
         if not self._draining:
@@ -345,11 +347,7 @@ class Hub:
         leave thousands of them, and they too are flushed a slice at a time."""
         if self.stalled:
             stalled, self.stalled = self.stalled, set()
-            waiting, backlog = self._waiting, self.backlog
-            for writer in stalled:
-                if writer not in waiting:
-                    waiting.add(writer)
-                    backlog.append(writer)
+            self._enqueue(stalled)
             if not self._draining:
                 self._drain()
 
