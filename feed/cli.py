@@ -198,18 +198,17 @@ async def serve(config: Config, role: str = "serve", reuse_port: bool = False) -
         await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         stopping.cancel()
+    listener: asyncio.Server | None = None
     if not stop.is_set():
         if node.hub is not None:
             from feed.auth import check_bind
 
             check_bind(config.auth, config.server.host)  # before listening: ConfigError, exit 2
-        site = web.TCPSite(
-            runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port
+        assert runner.server is not None
+        listener = await node.intake.listen(
+            runner.server, config.server.host, config.server.port, reuse_port=reuse_port
         )
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        for sock in sockets:
+        for sock in listener.sockets:
             host, port = sock.getsockname()[:2]
             if node.hub is not None:
                 log.info(
@@ -227,6 +226,8 @@ async def serve(config: Config, role: str = "serve", reuse_port: bool = False) -
         await stop.wait()
     connections = len(node.hub.connections) if node.hub is not None else 0
     log.info("shutting down: closing %d connection(s)", connections)
+    if listener is not None:
+        listener.close()  # no new connections; runner.cleanup closes those open
     await runner.cleanup()
     log.info("stopped")
 

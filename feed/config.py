@@ -97,7 +97,10 @@ class LimitsConfig:
     control_burst: int = _key(50, _at_least_one)
     slow_consumer_timeout: float = _key(10.0, _positive)
     handshakes_per_turn: int = _key(64, _at_least_one)
-    requests_per_turn: int = _key(256, _at_least_one)
+    requests_per_turn: int = _key(64, _at_least_one)
+    opens_per_turn: int = _key(64, _at_least_one)
+    reads_per_turn: int = _key(256, _at_least_one)
+    closes_per_turn: int = _key(256, _at_least_one)
 
 
 @dataclass(frozen=True)

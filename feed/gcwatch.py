@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import time
@@ -58,13 +59,22 @@ def _reader_exception(ws: web.WebSocketResponse) -> BaseException | None:
     return exception() if callable(exception) else None
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (at install: find_library runs ldconfig, tens of ms)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def _malloc_trim() -> bool:
     """Give the C heap's free pages back to the system (glibc's malloc_trim): what a storm's
     10,000 connections used in buffers stays mapped otherwise. False where there is none."""
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
+        return libc is not None and bool(libc.malloc_trim(0))
+    except AttributeError:  # not glibc
         return False
 
 
@@ -127,6 +137,7 @@ class GcWatch:
         if not self._installed:
             gc.callbacks.append(self._callback)
             self._installed = True
+            _libc()  # now, not in the middle of a compaction
 
     def uninstall(self) -> None:
         if self._installed:

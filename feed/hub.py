@@ -166,6 +166,7 @@ class Hub:
         """Handle one text frame from a client; answers are written before this returns."""
         if writer.state is not State.OPEN:
             return
+        writer.requests += 1
         now = self._clock()
         session: Session = writer.session
         self._known_symbols()  # a pattern sees every symbol the market holds by now

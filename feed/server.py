@@ -26,6 +26,7 @@ from feed.config import Config, ConfigError
 from feed.follower import Follower
 from feed.gcwatch import GcWatch, release_websocket
 from feed.hub import Hub
+from feed.intake import Intake
 from feed.loopwatch import LoopWatch
 from feed.market import Market
 from feed.pipeline import Pipeline
@@ -67,6 +68,9 @@ class Node:
     """Times the cyclic collector's pauses (and freezes what is long-lived, `gc.freeze`)."""
     loop: LoopWatch = dataclasses.field(default_factory=LoopWatch)
     """How long the event loop was held at a time (a timer's lateness)."""
+    intake: Intake = dataclasses.field(default_factory=Intake)
+    """Connections' first reads and teardowns, a few per turn of the loop (`feed serve`'s
+    listener)."""
 
 
 NODE = web.AppKey("node", Node)
@@ -132,6 +136,11 @@ def create_app(
         follower,
         recorder,
         auth=auth.Authenticator(config.auth),
+        intake=Intake(
+            config.limits.opens_per_turn,
+            config.limits.reads_per_turn,
+            config.limits.closes_per_turn,
+        ),
     )
     app[NODE] = node
     app[CONFIG] = config
@@ -175,7 +184,15 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     if node.recorder is not None:
         tasks.append(asyncio.create_task(node.recorder.run(), name="feed-recorder"))
     if node.hub is not None:
-        node.loop.context = node.hub.activity
+        hub, intake = node.hub, node.intake
+        node.loop.context = lambda: (
+            hub.activity()
+            | {
+                "opens_deferred": intake.opens.deferred,
+                "reads_deferred": intake.reads.deferred,
+                "closes_deferred": intake.closes.deferred,
+            }
+        )
     tasks.append(asyncio.create_task(node.loop.run(), name="feed-loopwatch"))
     node.gc.install()
     if node.config.gc.freeze and node.hub is not None:
@@ -319,7 +336,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for message in ws:
             if message.type is WSMsgType.TEXT:
                 if not requests.enter():
-                    await requests.admit()  # a burst of requests: a few per turn, in order
+                    # A burst of requests: a few per turn, in order; those of connections
+                    # already served go first.
+                    await requests.admit(ahead=conn.requests > 0)
                 hub.receive(conn, message.data)
             elif message.type is WSMsgType.BINARY:
                 hub.reject_binary(conn)
@@ -436,6 +455,7 @@ async def stats(request: web.Request) -> web.Response:
             body["bus"] = part.stats()
     body["gc"] = node.gc.stats()
     body["loop"] = node.loop.stats()
+    body["intake"] = node.intake.stats()
     body["pid"] = os.getpid()  # which process answered (feed gateway --workers N)
     if node.hub is not None:
         body["hub"] = node.hub.stats(per_connection=request.query.get("connections") == "1")

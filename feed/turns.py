@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+Turn = asyncio.Future[None] | tuple[Callable[..., Any], tuple[Any, ...]]
+"""An awaiting caller's future, or a call left for a later turn."""
 
 
 class PerTurn:
-    """At most `limit` admissions per turn of the loop; the rest wait in order."""
+    """At most `limit` admissions per turn of the loop; the rest wait in order.
+
+    Two lines: `ahead` goes before `waiting`. Connections already served (the client that was
+    there before a storm of reconnections) go ahead, so they keep their pace while 10,000
+    newcomers' first requests wait their turn."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.admitted = 0
         """Admitted in this turn."""
-        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.waiting: deque[Turn] = deque()
+        """Futures of awaiting callers, and calls left for a later turn, in order."""
+        self.ahead: deque[Turn] = deque()
+        """The same, let in before any of `waiting`."""
         self.deferred = 0
         """Admissions that had to wait for a later turn, so far."""
         self.taken = 0
@@ -29,26 +41,45 @@ class PerTurn:
 
     def enter(self) -> bool:
         """Admit now if this turn has room and nobody waits (no await: the common case)."""
-        if self.admitted < self.limit and not self.waiting:
+        if self.admitted < self.limit and not self.waiting and not self.ahead:
             self.admitted += 1
             self.taken += 1
             self._schedule()
             return True
         return False
 
-    async def admit(self) -> None:
+    async def admit(self, ahead: bool = False) -> None:
         """Return at once if this turn has room, or else on a later turn, first come first
-        admitted. A caller cancelled while waiting simply leaves the queue."""
-        if self.admitted < self.limit and not self.waiting:
+        admitted (`ahead`: before all of `waiting`). A caller cancelled while waiting simply
+        leaves the queue."""
+        if self._room(ahead):
             self.admitted += 1
             self.taken += 1
             self._schedule()
             return
         turn = asyncio.get_running_loop().create_future()
-        self.waiting.append(turn)
+        (self.ahead if ahead else self.waiting).append(turn)
         self.deferred += 1
         self._schedule()
         await turn
+
+    def call(self, callback: Callable[..., Any], *args: Any, ahead: bool = False) -> None:
+        """Call `callback(*args)` now if this turn has room and nobody waits, or else on a
+        later turn, in order with those waiting (a protocol's callbacks, which cannot await)."""
+        if self._room(ahead):
+            self.admitted += 1
+            self.taken += 1
+            self._schedule()
+            callback(*args)
+            return
+        (self.ahead if ahead else self.waiting).append((callback, args))
+        self.deferred += 1
+        self._schedule()
+
+    def _room(self, ahead: bool) -> bool:
+        if self.admitted >= self.limit or self.ahead:
+            return False
+        return ahead or not self.waiting
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -59,12 +90,17 @@ class PerTurn:
         """A new turn: room for `limit` more, given first to those waiting."""
         self._scheduled = False
         self.admitted = 0
-        waiting = self.waiting
-        while waiting and self.admitted < self.limit:
-            turn = waiting.popleft()
-            if not turn.done():  # not cancelled meanwhile
-                turn.set_result(None)
-                self.admitted += 1
-                self.taken += 1
+        for line in (self.ahead, self.waiting):
+            while line and self.admitted < self.limit:
+                turn = line.popleft()
+                if isinstance(turn, tuple):
+                    self.admitted += 1
+                    self.taken += 1
+                    callback, args = turn
+                    callback(*args)
+                elif not turn.done():  # not cancelled meanwhile
+                    turn.set_result(None)
+                    self.admitted += 1
+                    self.taken += 1
         if self.admitted:
             self._schedule()

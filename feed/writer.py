@@ -77,6 +77,7 @@ class Writer:
         "mailbox",
         "options",
         "peer",
+        "requests",
         "session",
         "stalled_since",
         "state",
@@ -107,6 +108,9 @@ class Writer:
         self.frames_sent = 0
         self.bytes_sent = 0
         self.last_write = now
+        self.requests = 0
+        """Client messages handled: from the first on, its requests go ahead of newcomers'
+        in a burst (feed.turns.PerTurn)."""
         self.stalled_since: float | None = None
         """When the socket was first seen full with something left to send; None if not."""
         # Shared empty dicts until the first option: most connections never have one, and three

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed import config, ticks
-from feed.server import create_app
+from feed.server import NODE, create_app
 from feed.source import BatchStream, PushSource
 from feed.sources import Source
 from tests.scaleout import Nats, need_nats, reap
@@ -75,6 +76,48 @@ def start_feed(
         return Feed(app, server, client, push)
 
     return start
+
+
+@dataclass
+class Served:
+    """A feed served as `feed serve` serves it: aiohttp's runner behind the node's paced
+    listener (feed.intake), on a free port of 127.0.0.1."""
+
+    app: web.Application
+    host: str
+    port: int
+    source: PushSource
+
+    async def stats(self) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{self.host}:{self.port}/stats") as response,
+        ):
+            body: dict[str, Any] = await response.json()
+        return body
+
+    async def raw(self) -> RawClient:
+        return await RawClient.connect(self.host, self.port)
+
+
+@asynccontextmanager
+async def serve_as_feed(**sections: dict[str, Any]) -> AsyncIterator[Served]:
+    """What aiohttp's test server would not show: connections through `feed serve`'s own
+    listener, and handlers that end as they do in production (the test server cancels the
+    handler of a connection that is lost)."""
+    sections.setdefault("gc", {"freeze": False})
+    push = PushSource(SYMBOLS)
+    app = create_app(config.build(sections), push)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    assert runner.server is not None
+    listener = await app[NODE].intake.listen(runner.server, "127.0.0.1", 0)
+    host, port = listener.sockets[0].getsockname()[:2]
+    try:
+        yield Served(app, host, port, push)
+    finally:
+        listener.close()
+        await runner.cleanup()
 
 
 async def recv(

@@ -8,12 +8,9 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from feed import config
-from feed.server import create_app
-from feed.source import PushSource
-from tests.conftest import Feed, StartFeed, subscribe
+from tests.conftest import Feed, StartFeed, serve_as_feed, subscribe
 from tests.wsclient import Closed, RawClient
 
 
@@ -75,7 +72,7 @@ async def test_churn_compacts_so_what_was_frozen_can_be_collected(
     assert stats["freezes"] >= 2  # frozen again after it
 
 
-SERVER_SIDE = {"WebSocketResponse", "RequestHandler", "Request", "WebSocketWriter"}
+SERVER_SIDE = {"WebSocketResponse", "RequestHandler", "Request", "WebSocketWriter", "Paced"}
 """aiohttp's objects of one server-side connection."""
 
 
@@ -109,14 +106,8 @@ async def test_a_finished_connection_leaves_nothing_to_the_cyclic_collector(how:
     server (benchmarks/storm.py), and a frozen one (gc.freeze) would never be freed at all.
     The app runs as `feed serve` runs it (aiohttp's test server would cancel the handler of a
     connection that is lost, a path production never takes)."""
-    settings = config.build({"gc": {"freeze": False}})  # gc.get_objects() skips frozen ones
-    runner = web.AppRunner(create_app(settings, PushSource(["AAPL"])), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        clients = [await RawClient.connect(host, port) for _ in range(10)]
+    async with serve_as_feed() as served:  # gc.freeze off: gc.get_objects() skips frozen ones
+        clients = [await served.raw() for _ in range(10)]
         for client in clients:
             await client.send({"op": "subscribe", "symbols": ["AAPL"], "id": 1})
             assert (await client.recv())["type"] == "subscribed"
@@ -134,8 +125,6 @@ async def test_a_finished_connection_leaves_nothing_to_the_cyclic_collector(how:
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
-    finally:
-        await runner.cleanup()
     assert left == [], f"{len(left)} objects of closed connections were cyclic garbage"
 
 

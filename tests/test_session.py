@@ -277,16 +277,16 @@ async def test_the_sweeper_heartbeats_the_idle_and_closes_who_stays_full_past_th
     full = hub.connect(ClosingWebSocket(), full_t)  # type: ignore[arg-type]
     sweeper = Sweeper(hub)
     full_t.buffered = 1_000  # its socket stays full from now on
-    assert sweeper.sweep([idle, full]) == 2 and idle_t.frames == [] and full_t.frames == []
+    assert sweeper.sweep([idle.id, full.id]) == 2 and idle_t.frames == [] and full_t.frames == []
     now[0] += 6.0  # idle past heartbeat_interval: a heartbeat; the full one is not written to
-    sweeper.sweep([idle, full])
+    sweeper.sweep([idle.id, full.id])
     assert b'"type":"heartbeat"' in idle_t.frames[-1] and full_t.frames == []
     now[0] += 5.0  # full for 11 s, past slow_consumer_timeout
-    sweeper.sweep([idle, full])
+    sweeper.sweep([idle.id, full.id])
     assert hub.counters["closed_slow"] == 1 and full.close_code == 4008
     assert idle.close_code is None
     # A budget of 0 stops after one connection and says where to go on from.
-    assert sweeper.sweep([idle, full], 0, budget=0.0) == 1
+    assert sweeper.sweep([idle.id, full.id], 0, budget=0.0) == 1
 
 
 def test_the_protocol_knows_the_snapshot_fields_in_wire_order() -> None:
