@@ -51,11 +51,16 @@ STORM_SETTINGS: dict[str, object] = {
 CONCURRENCY = 200
 RSS_BASE = 16 << 20
 RSS_PER_CLIENT = 16 << 10
-"""RSS may end RSS_BASE plus this much per client of the peak above the baseline: while
-connected, a client costs the server some 20-40 KiB (aiohttp's request, response, reader and
-buffers, our Connection and mailbox), and what the peak used stays in pymalloc arenas and the
-glibc heap after it went (not returned to the system). That is not a leak; a leak of the
-churn's or the vanished clients' (thousands of them) would still cross it."""
+"""Right after a phase, RSS may be RSS_BASE plus this much per client of the peak above the
+baseline: while connected, a client costs the server some 20-40 KiB (aiohttp's request,
+response, reader and buffers, our writer and mailbox), and what the peak used is only given
+back at the server's next compaction. A leak of the churn's or the vanished clients'
+(thousands of them) would still cross it."""
+RSS_BACK = 32 << 20
+"""After a storm and the server's compaction (a full collection and malloc_trim), RSS should be
+back within this much of the baseline (the issue's target). It is not yet after 10,000 clients:
+pymalloc's 1 MiB arenas stay, each pinned by a few objects allocated while the storm lasted
+(docs/performance.md, step 23)."""
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -467,19 +472,32 @@ def summarize_loop(
 
 
 def after_compaction(
-    report: Report, target: fc.Target, before: dict[str, Any], timeout: float = 20.0
+    report: Report,
+    target: fc.Target,
+    before: dict[str, Any],
+    baseline: fc.Resources,
+    timeout: float = 20.0,
 ) -> None:
     """RSS once the server has compacted after the storm (gc.freeze: one full collection and
-    malloc_trim once connections settled with few open; /stats `gc.compactions`)."""
+    malloc_trim once connections settled with few open; /stats `gc.compactions`): back within
+    RSS_BACK of the baseline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stats = target.http_get_json("/stats")["gc"]
         if stats["compactions"] > before["compactions"]:
             rss = fc.resources(target).rss
-            report.say(f"  after the server's compaction: RSS {rss / 2**20:.1f} MiB")
+            report.say(
+                f"  after the server's compaction: RSS {rss / 2**20:.1f} MiB "
+                f"({(rss - baseline.rss) / 2**20:+.1f} MiB over the baseline)"
+            )
+            if rss - baseline.rss > RSS_BACK:
+                report.fail(
+                    f"storm: RSS not back to the baseline after the compaction: "
+                    f"{(rss - baseline.rss) / 2**20:+.1f} MiB (allowed {RSS_BACK >> 20} MiB)"
+                )
             return
         time.sleep(0.5)
-    report.say(f"  no compaction within {timeout:.0f} s (gc.freeze off?)")
+    report.fail(f"storm: no compaction within {timeout:.0f} s (gc.freeze off?)")
 
 
 def gc_figures(target: fc.Target) -> dict[str, Any]:
@@ -583,8 +601,8 @@ async def run(args: argparse.Namespace, report: Report) -> None:
             await storm(target, args.clients, report, phases)
             await check_resources(report, target, baseline, "storm", args.clients, timeout=60)
             phases.append((f"after storm {round_}", time.monotonic()))
-            settled = await asyncio.to_thread(gc_figures, target)
-            await asyncio.to_thread(after_compaction, report, target, settled)
+            # A compaction since the storm began (it may come while the connections settle).
+            await asyncio.to_thread(after_compaction, report, target, before, baseline)
             report_gc(report, before, await asyncio.to_thread(gc_figures, target))
         if served.process.poll() is not None:
             report.fail(f"the server exited with {served.process.returncode}")

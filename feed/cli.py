@@ -185,7 +185,13 @@ async def serve(config: Config, role: str = "serve", reuse_port: bool = False) -
 
     app = create_app(config, role=role)
     node = app[NODE]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+        timeout_ceil_threshold=TIMER_CEIL,
+    )
     await runner.setup()  # starts the background: pipeline or follower, sweeper
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -230,6 +236,14 @@ async def serve(config: Config, role: str = "serve", reuse_port: bool = False) -
         listener.close()  # no new connections; runner.cleanup closes those open
     await runner.cleanup()
     log.info("stopped")
+
+
+TIMER_CEIL = 3600.0
+"""aiohttp rounds each timeout longer than this up to the next whole second, so that timers
+coalesce. For the WebSocket heartbeat (`websocket.ping_interval`, 20 s) that made the pings of
+every connection opened within the same second fire in one turn: 10,000 reconnected clients'
+pings and pong deadlines 20 s after a storm held the loop 150-190 ms (docs/performance.md, step
+23). Not rounded, each connection's timer keeps its own phase."""
 
 
 def workers_child() -> bool:

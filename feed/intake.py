@@ -12,8 +12,8 @@ for 150-450 ms while every other client's pings, requests and updates waited.
   turn: the others stop reading, keep what they read, and go on in order on later turns (the
   rest of the request waits in the kernel's socket buffer, untouched);
 - every later read for `reads_per_turn` connections a turn (the others stop reading likewise);
-  the reads of connections already served (past their first frame) go ahead of newcomers',
-  so a client that was there before a storm keeps its pace through it;
+  the reads of connections already served (past their first frame) have a line and a limit
+  of their own, so a client that was there before a storm keeps its pace through it;
 - a lost connection's `connection_lost` for `closes_per_turn` connections a turn, the others
   in order on later turns (the transport is closed at once; only aiohttp's teardown waits).
 
@@ -102,14 +102,15 @@ class Paced(asyncio.Protocol):
             self.held += data
             return
         gate = self.intake.reads if self.reads else self.intake.opens
-        if gate.enter():
+        ahead = self.reads >= 2
+        if gate.enter(ahead):
             self.reads += 1
             self.inner.data_received(data)
         else:
             self.held = data
             assert self.transport is not None
             self.transport.pause_reading()
-            gate.call(self._release, ahead=self.reads >= 2)
+            gate.call(self._release, ahead=ahead)
 
     def _release(self) -> None:
         """This connection's turn: what it read goes on, and it reads again."""

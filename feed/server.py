@@ -335,10 +335,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         requests = hub.requests
         async for message in ws:
             if message.type is WSMsgType.TEXT:
-                if not requests.enter():
+                served = conn.requests > 0
+                if not requests.enter(served):
                     # A burst of requests: a few per turn, in order; those of connections
-                    # already served go first.
-                    await requests.admit(ahead=conn.requests > 0)
+                    # already served in a line of their own.
+                    await requests.admit(ahead=served)
                 hub.receive(conn, message.data)
             elif message.type is WSMsgType.BINARY:
                 hub.reject_binary(conn)

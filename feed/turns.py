@@ -21,14 +21,16 @@ Turn = asyncio.Future[None] | tuple[Callable[..., Any], tuple[Any, ...]]
 class PerTurn:
     """At most `limit` admissions per turn of the loop; the rest wait in order.
 
-    Two lines: `ahead` goes before `waiting`. Connections already served (the client that was
-    there before a storm of reconnections) go ahead, so they keep their pace while 10,000
-    newcomers' first requests wait their turn."""
+    Two lines, each with `limit` a turn: `ahead` for connections already served (the client
+    that was there before a storm of reconnections), so that they keep their pace while 10,000
+    newcomers' first requests wait their turn in `waiting`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.admitted = 0
         """Admitted in this turn."""
+        self.admitted_ahead = 0
+        """Admitted in this turn from the `ahead` line, which has a limit of its own."""
         self.waiting: deque[Turn] = deque()
         """Futures of awaiting callers, and calls left for a later turn, in order."""
         self.ahead: deque[Turn] = deque()
@@ -39,12 +41,10 @@ class PerTurn:
         """Admissions so far."""
         self._scheduled = False
 
-    def enter(self) -> bool:
+    def enter(self, ahead: bool = False) -> bool:
         """Admit now if this turn has room and nobody waits (no await: the common case)."""
-        if self.admitted < self.limit and not self.waiting and not self.ahead:
-            self.admitted += 1
-            self.taken += 1
-            self._schedule()
+        if self._room(ahead):
+            self._take(ahead)
             return True
         return False
 
@@ -53,9 +53,7 @@ class PerTurn:
         admitted (`ahead`: before all of `waiting`). A caller cancelled while waiting simply
         leaves the queue."""
         if self._room(ahead):
-            self.admitted += 1
-            self.taken += 1
-            self._schedule()
+            self._take(ahead)
             return
         turn = asyncio.get_running_loop().create_future()
         (self.ahead if ahead else self.waiting).append(turn)
@@ -67,9 +65,7 @@ class PerTurn:
         """Call `callback(*args)` now if this turn has room and nobody waits, or else on a
         later turn, in order with those waiting (a protocol's callbacks, which cannot await)."""
         if self._room(ahead):
-            self.admitted += 1
-            self.taken += 1
-            self._schedule()
+            self._take(ahead)
             callback(*args)
             return
         (self.ahead if ahead else self.waiting).append((callback, args))
@@ -77,9 +73,17 @@ class PerTurn:
         self._schedule()
 
     def _room(self, ahead: bool) -> bool:
-        if self.admitted >= self.limit or self.ahead:
-            return False
-        return ahead or not self.waiting
+        if ahead:
+            return self.admitted_ahead < self.limit and not self.ahead
+        return self.admitted < self.limit and not self.waiting
+
+    def _take(self, ahead: bool) -> None:
+        if ahead:
+            self.admitted_ahead += 1
+        else:
+            self.admitted += 1
+        self.taken += 1
+        self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -89,18 +93,26 @@ class PerTurn:
     def _turn(self) -> None:
         """A new turn: room for `limit` more, given first to those waiting."""
         self._scheduled = False
-        self.admitted = 0
-        for line in (self.ahead, self.waiting):
-            while line and self.admitted < self.limit:
+        self.admitted = self.admitted_ahead = 0
+        for line, ahead in ((self.ahead, True), (self.waiting, False)):
+            while line and self._room_left(ahead):
                 turn = line.popleft()
                 if isinstance(turn, tuple):
-                    self.admitted += 1
-                    self.taken += 1
+                    self._count(ahead)
                     callback, args = turn
                     callback(*args)
                 elif not turn.done():  # not cancelled meanwhile
                     turn.set_result(None)
-                    self.admitted += 1
-                    self.taken += 1
-        if self.admitted:
+                    self._count(ahead)
+        if self.admitted or self.admitted_ahead:
             self._schedule()
+
+    def _room_left(self, ahead: bool) -> bool:
+        return (self.admitted_ahead if ahead else self.admitted) < self.limit
+
+    def _count(self, ahead: bool) -> None:
+        if ahead:
+            self.admitted_ahead += 1
+        else:
+            self.admitted += 1
+        self.taken += 1

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from feed import config, ticks
+from feed.cli import TIMER_CEIL
 from feed.server import NODE, create_app
 from feed.source import BatchStream, PushSource
 from feed.sources import Source
@@ -108,7 +109,7 @@ async def serve_as_feed(**sections: dict[str, Any]) -> AsyncIterator[Served]:
     sections.setdefault("gc", {"freeze": False})
     push = PushSource(SYMBOLS)
     app = create_app(config.build(sections), push)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, timeout_ceil_threshold=TIMER_CEIL)
     await runner.setup()
     assert runner.server is not None
     listener = await app[NODE].intake.listen(runner.server, "127.0.0.1", 0)

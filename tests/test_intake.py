@@ -66,26 +66,23 @@ async def test_calls_and_callers_share_the_turns_in_order() -> None:
     assert turns >= 3
 
 
-async def test_the_established_go_ahead_of_newcomers() -> None:
+async def test_the_already_served_have_a_line_of_their_own() -> None:
+    """Newcomers waiting in line do not hold up a connection already served: it has `limit`
+    admissions a turn of its own."""
     gate = PerTurn(1)
     order: list[str] = []
     gate.call(order.append, "first")  # this turn's room
     for n in range(3):
-        gate.call(order.append, f"newcomer {n}")
-    gate.call(order.append, "established", ahead=True)
+        gate.call(order.append, f"newcomer {n}")  # one a turn, from the next on
+    gate.call(order.append, "served", ahead=True)  # the other line: at once
+    assert order == ["first", "served"]
     async with asyncio.timeout(5):
-        await gate.admit(ahead=True)
-        order.append("established, awaiting")
+        await gate.admit(ahead=True)  # that line's room is taken: the next turn
+        order.append("served again")
         while len(order) < 6:
             await asyncio.sleep(0)
-    assert order == [
-        "first",
-        "established",
-        "established, awaiting",
-        "newcomer 0",
-        "newcomer 1",
-        "newcomer 2",
-    ]
+    assert order.index("served again") < order.index("newcomer 1")
+    assert order[2:] == ["newcomer 0", "served again", "newcomer 1", "newcomer 2"]
 
 
 async def test_a_burst_of_upgrades_is_read_a_few_per_turn_and_every_client_is_served() -> None:
