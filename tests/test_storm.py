@@ -2,8 +2,9 @@
 `python -m benchmarks.storm`: every phase at a small scale, with the stall prober running.
 
 No wall-clock assertion (the 100 ms stall target is the benchmark's to measure): the checks are
-that every phase ends with the server's connections and descriptors back at the baseline, the
-half-open clients closed as slow consumers, every reconnected client holding a snapshot of its
+that every phase ends with the server's connections and descriptors back at the baseline (and,
+after the storm and the server's compaction, its RSS within 32 MiB of it), the half-open clients
+closed as slow consumers, every reconnected client holding a snapshot of its
 own symbols and an update after it, and the prober never disconnected.
 """
 
