@@ -100,7 +100,7 @@ class LimitsConfig:
     requests_per_turn: int = _key(64, _at_least_one)
     opens_per_turn: int = _key(64, _at_least_one)
     reads_per_turn: int = _key(256, _at_least_one)
-    closes_per_turn: int = _key(256, _at_least_one)
+    closes_per_turn: int = _key(64, _at_least_one)
 
 
 @dataclass(frozen=True)

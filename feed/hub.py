@@ -71,6 +71,8 @@ class Hub:
         """WebSocket upgrades admitted per turn of the loop (a reconnection storm's thousands
         would otherwise run back to back while everyone else waits)."""
         self.requests = PerTurn(limits.requests_per_turn)
+        self.lost: Callable[[], int] = lambda: 0
+        """Connections lost whose teardown waits for a later turn (set by the node)."""
         """Client requests carried out per turn of the loop (10,000 subscribes at once)."""
         self._patterned: dict[Writer, None] = {}
         """Writers whose sessions hold patterns (symbols that appear later may match)."""
@@ -91,7 +93,9 @@ class Hub:
 
     @property
     def full(self) -> bool:
-        return len(self.connections) >= self.limits.max_connections
+        """At `limits.max_connections` live connections; those already lost and waiting for
+        their teardown (feed.intake) do not count."""
+        return len(self.connections) - self.lost() >= self.limits.max_connections
 
     def connect(
         self,

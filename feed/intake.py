@@ -33,7 +33,7 @@ class Intake:
     """The pacing of connections' first reads and of their teardowns (see the module)."""
 
     def __init__(
-        self, opens_per_turn: int = 64, reads_per_turn: int = 256, closes_per_turn: int = 256
+        self, opens_per_turn: int = 64, reads_per_turn: int = 256, closes_per_turn: int = 64
     ) -> None:
         self.opens = PerTurn(opens_per_turn)
         """A new connection's first read (its upgrade request)."""

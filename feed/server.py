@@ -142,6 +142,9 @@ def create_app(
             config.limits.closes_per_turn,
         ),
     )
+    if hub is not None:
+        closes = node.intake.closes
+        hub.lost = lambda: len(closes.waiting) + len(closes.ahead)
     app[NODE] = node
     app[CONFIG] = config
     app[MARKET] = market

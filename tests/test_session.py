@@ -294,3 +294,21 @@ def test_the_protocol_knows_the_snapshot_fields_in_wire_order() -> None:
     from feed.protocol import SNAPSHOT_FIELD_NAMES
 
     assert SNAPSHOT_FIELD_NAMES == SNAPSHOT_FIELDS
+
+
+def test_the_hub_is_full_at_its_limit_of_live_connections() -> None:
+    """Connections lost and waiting for their teardown (feed.intake paces it, a few per turn)
+    do not count: a storm's dropped clients leave room for the same clients reconnecting."""
+    from feed.config import LimitsConfig, WebSocketConfig
+    from feed.hub import Hub
+    from feed.market import Market
+
+    hub = Hub(Market(["AAPL"]), LimitsConfig(max_connections=2), WebSocketConfig())
+    for _ in range(2):
+        hub.connect(WebSocket(), Transport())  # type: ignore[arg-type]
+    assert hub.full
+    lost = [1]
+    hub.lost = lambda: lost[0]  # one of them lost, its teardown left for a later turn
+    assert not hub.full
+    lost[0] = 0
+    assert hub.full
