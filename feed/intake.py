@@ -70,11 +70,11 @@ class Intake:
     def stats(self) -> dict[str, int]:
         return {
             "opens_deferred": self.opens.deferred,
-            "opens_waiting": len(self.opens.waiting) + len(self.opens.ahead),
+            "opens_waiting": self.opens.queued,
             "reads_deferred": self.reads.deferred,
-            "reads_waiting": len(self.reads.waiting) + len(self.reads.ahead),
+            "reads_waiting": self.reads.queued,
             "closes_deferred": self.closes.deferred,
-            "closes_waiting": len(self.closes.waiting) + len(self.closes.ahead),
+            "closes_waiting": self.closes.queued,
         }
 
 
@@ -89,7 +89,7 @@ class Paced(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reads = 0
         """Reads passed on: the first is the upgrade request, the second the client's first
-        frame; from the third on, an established connection's reads go ahead of newcomers'."""
+        frame; from the third on, the connection's reads are in the line of the already served."""
         self.held = b""
         """What a connection waiting for its turn read before it stopped reading."""
 

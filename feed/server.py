@@ -144,7 +144,7 @@ def create_app(
     )
     if hub is not None:
         closes = node.intake.closes
-        hub.lost = lambda: len(closes.waiting) + len(closes.ahead)
+        hub.lost = lambda: closes.queued
     app[NODE] = node
     app[CONFIG] = config
     app[MARKET] = market

@@ -50,15 +50,13 @@ class PerTurn:
 
     async def admit(self, ahead: bool = False) -> None:
         """Return at once if this turn has room, or else on a later turn, first come first
-        admitted (`ahead`: before all of `waiting`). A caller cancelled while waiting simply
-        leaves the queue."""
+        admitted in its line (`ahead`: that of connections already served). A caller cancelled
+        while waiting simply leaves the queue."""
         if self._room(ahead):
             self._take(ahead)
             return
         turn = asyncio.get_running_loop().create_future()
-        (self.ahead if ahead else self.waiting).append(turn)
-        self.deferred += 1
-        self._schedule()
+        self._defer(turn, ahead)
         await turn
 
     def call(self, callback: Callable[..., Any], *args: Any, ahead: bool = False) -> None:
@@ -68,21 +66,37 @@ class PerTurn:
             self._take(ahead)
             callback(*args)
             return
-        (self.ahead if ahead else self.waiting).append((callback, args))
-        self.deferred += 1
-        self._schedule()
+        self._defer((callback, args), ahead)
+
+    @property
+    def queued(self) -> int:
+        """Admissions waiting for a later turn, in either line."""
+        return len(self.waiting) + len(self.ahead)
+
+    def _line(self, ahead: bool) -> deque[Turn]:
+        return self.ahead if ahead else self.waiting
 
     def _room(self, ahead: bool) -> bool:
-        if ahead:
-            return self.admitted_ahead < self.limit and not self.ahead
-        return self.admitted < self.limit and not self.waiting
+        """Room in this turn for one more of this line, and nobody of it waiting."""
+        return self._room_left(ahead) and not self._line(ahead)
 
-    def _take(self, ahead: bool) -> None:
+    def _room_left(self, ahead: bool) -> bool:
+        return (self.admitted_ahead if ahead else self.admitted) < self.limit
+
+    def _count(self, ahead: bool) -> None:
         if ahead:
             self.admitted_ahead += 1
         else:
             self.admitted += 1
         self.taken += 1
+
+    def _take(self, ahead: bool) -> None:
+        self._count(ahead)
+        self._schedule()
+
+    def _defer(self, turn: Turn, ahead: bool) -> None:
+        self._line(ahead).append(turn)
+        self.deferred += 1
         self._schedule()
 
     def _schedule(self) -> None:
@@ -91,7 +105,7 @@ class PerTurn:
             asyncio.get_running_loop().call_soon(self._turn)
 
     def _turn(self) -> None:
-        """A new turn: room for `limit` more, given first to those waiting."""
+        """A new turn: room for `limit` more in each line, given first to those waiting."""
         self._scheduled = False
         self.admitted = self.admitted_ahead = 0
         for line, ahead in ((self.ahead, True), (self.waiting, False)):
@@ -106,13 +120,3 @@ class PerTurn:
                     self._count(ahead)
         if self.admitted or self.admitted_ahead:
             self._schedule()
-
-    def _room_left(self, ahead: bool) -> bool:
-        return (self.admitted_ahead if ahead else self.admitted) < self.limit
-
-    def _count(self, ahead: bool) -> None:
-        if ahead:
-            self.admitted_ahead += 1
-        else:
-            self.admitted += 1
-        self.taken += 1

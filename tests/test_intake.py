@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from feed.turns import PerTurn
 from tests.conftest import Served, serve_as_feed
 from tests.wsclient import RawClient
 
@@ -28,61 +27,6 @@ async def until(served: Served, check: Any, timeout: float = 10.0) -> dict[str, 
             return stats
         assert time.monotonic() < deadline, f"not reached in time: {stats}"
         await asyncio.sleep(0.05)
-
-
-async def test_calls_and_callers_share_the_turns_in_order() -> None:
-    """A protocol's callbacks (which cannot await) wait their turn in line with the callers
-    that await it, `limit` of them a turn."""
-    gate = PerTurn(2)
-    order: list[str] = []
-    turns = 0
-
-    def count_turns() -> None:
-        nonlocal turns
-        turns += 1
-        if len(order) < 6:
-            asyncio.get_running_loop().call_soon(count_turns)
-
-    async def caller(name: str) -> None:
-        await gate.admit()
-        order.append(name)
-
-    asyncio.get_running_loop().call_soon(count_turns)
-    gate.call(order.append, "call 1")  # room this turn: called at once
-    assert order == ["call 1"]
-    task = asyncio.ensure_future(caller("await 2"))
-    await asyncio.sleep(0)
-    gate.call(order.append, "call 3")
-    gate.call(order.append, "call 4")
-    later = asyncio.ensure_future(caller("await 5"))
-    await asyncio.sleep(0)
-    gate.call(order.append, "call 6")
-    async with asyncio.timeout(5):
-        await asyncio.gather(task, later)
-        while len(order) < 6:
-            await asyncio.sleep(0)
-    assert order == ["call 1", "await 2", "call 3", "call 4", "await 5", "call 6"]
-    assert gate.taken == 6 and gate.deferred >= 2
-    assert turns >= 3
-
-
-async def test_the_already_served_have_a_line_of_their_own() -> None:
-    """Newcomers waiting in line do not hold up a connection already served: it has `limit`
-    admissions a turn of its own."""
-    gate = PerTurn(1)
-    order: list[str] = []
-    gate.call(order.append, "first")  # this turn's room
-    for n in range(3):
-        gate.call(order.append, f"newcomer {n}")  # one a turn, from the next on
-    gate.call(order.append, "served", ahead=True)  # the other line: at once
-    assert order == ["first", "served"]
-    async with asyncio.timeout(5):
-        await gate.admit(ahead=True)  # that line's room is taken: the next turn
-        order.append("served again")
-        while len(order) < 6:
-            await asyncio.sleep(0)
-    assert order.index("served again") < order.index("newcomer 1")
-    assert order[2:] == ["newcomer 0", "served again", "newcomer 1", "newcomer 2"]
 
 
 async def test_a_burst_of_upgrades_is_read_a_few_per_turn_and_every_client_is_served() -> None:
