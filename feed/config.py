@@ -116,7 +116,7 @@ class WebSocketConfig:
 @dataclass(frozen=True)
 class GcConfig:
     freeze: bool = _key(True)
-    settle: float = _key(2.0, _positive)
+    settle: float = _key(10.0, _positive)
     compact_after: int = _key(100_000, _at_least_one)
 
 

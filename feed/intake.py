@@ -81,7 +81,7 @@ class Intake:
 class Paced(asyncio.Protocol):
     """A protocol (aiohttp's `RequestHandler`) behind the intake's pacing."""
 
-    __slots__ = ("held", "inner", "intake", "reads", "transport")
+    __slots__ = ("held", "inner", "intake", "lost", "reads", "transport")
 
     def __init__(self, inner: asyncio.Protocol, intake: Intake) -> None:
         self.inner = inner
@@ -92,6 +92,8 @@ class Paced(asyncio.Protocol):
         frame; from the third on, the connection's reads are in the line of the already served."""
         self.held = b""
         """What a connection waiting for its turn read before it stopped reading."""
+        self.lost: Exception | None = None
+        """Why the connection was lost, while its teardown waits for its turn."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -130,7 +132,12 @@ class Paced(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.held = b""  # a later turn's _release has nothing left to pass on
-        self.intake.closes.call(self.inner.connection_lost, exc)
+        self.lost = exc
+        self.intake.closes.call(self._teardown)  # no arguments: no tuples to hold them
+
+    def _teardown(self) -> None:
+        exc, self.lost = self.lost, None
+        self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()

@@ -14,8 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-Turn = asyncio.Future[None] | tuple[Callable[..., Any], tuple[Any, ...]]
-"""An awaiting caller's future, or a call left for a later turn."""
+Turn = asyncio.Future[None] | Callable[[], Any] | tuple[Callable[..., Any], tuple[Any, ...]]
+"""An awaiting caller's future, or a call left for a later turn (with its arguments, or none:
+then nothing is allocated to hold it)."""
 
 
 class PerTurn:
@@ -66,7 +67,7 @@ class PerTurn:
             self._take(ahead)
             callback(*args)
             return
-        self._defer((callback, args), ahead)
+        self._defer((callback, args) if args else callback, ahead)
 
     @property
     def queued(self) -> int:
@@ -111,12 +112,16 @@ class PerTurn:
         for line, ahead in ((self.ahead, True), (self.waiting, False)):
             while line and self._room_left(ahead):
                 turn = line.popleft()
-                if isinstance(turn, tuple):
+                if isinstance(turn, asyncio.Future):
+                    if not turn.done():  # not cancelled meanwhile
+                        turn.set_result(None)
+                        self._count(ahead)
+                elif isinstance(turn, tuple):
                     self._count(ahead)
                     callback, args = turn
                     callback(*args)
-                elif not turn.done():  # not cancelled meanwhile
-                    turn.set_result(None)
+                else:
                     self._count(ahead)
+                    turn()
         if self.admitted or self.admitted_ahead:
             self._schedule()

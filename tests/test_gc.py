@@ -45,9 +45,10 @@ def test_freezing_is_on_by_default() -> None:
     assert config.build({}).gc.freeze is True
 
 
-async def test_freezes_what_survives_each_full_collection(start_feed: StartFeed) -> None:
-    """So that the next full collection walks only what came since: in a storm of 10,000
-    reconnections a collection of everything would hold the loop for over a second."""
+async def test_freezes_what_survives_its_second_collection(start_feed: StartFeed) -> None:
+    """So that no collection walks more than what came since the last generation-1 one: in a
+    storm of 10,000 reconnections a collection of everything would hold the loop for over a
+    second."""
     feed = await start_feed(gc={"freeze": True})
     first = await wait_for(feed, lambda s: s["freezes"] >= 1)  # at start-up
     assert first["freezing"] is True
@@ -56,7 +57,7 @@ async def test_freezes_what_survives_each_full_collection(start_feed: StartFeed)
         await subscribe(ws, ["AAPL"])
     gc.collect()  # as the collector's own thresholds would, sooner or later
     after = await gc_stats(feed)
-    assert after["freezes"] == first["freezes"] + 1
+    assert after["freezes"] > first["freezes"]  # and after each generation-1 one meanwhile
     assert after["collections"][2] > first["collections"][2]
 
 

@@ -27,6 +27,8 @@ def test_churn_vanish_half_open_and_a_storm_leave_nothing_behind() -> None:
             "--slow-timeout",
             "2",
             "--no-stall-target",
+            "--feed-set",
+            "gc.settle=2",  # the compaction sooner than the default's 10 s
         ]
     )
     assert code == 0  # the report is printed (pytest shows it on failure)

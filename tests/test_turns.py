@@ -74,7 +74,11 @@ async def test_calls_and_callers_share_the_turns_in_order() -> None:
     task = asyncio.ensure_future(caller("await 2"))
     await asyncio.sleep(0)
     gate.call(order.append, "call 3")
-    gate.call(order.append, "call 4")
+
+    def call_4() -> None:
+        order.append("call 4")
+
+    gate.call(call_4)  # a call without arguments waits as it is
     later = asyncio.ensure_future(caller("await 5"))
     await asyncio.sleep(0)
     gate.call(order.append, "call 6")
