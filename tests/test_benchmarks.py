@@ -228,6 +228,14 @@ def test_publish_cost_per_frame() -> None:
     assert 50 * 10 < int(counted) < 50 * 100
 
 
+def test_the_bare_floor_under_a_drop() -> None:
+    """The bare uvloop server of benchmarks.drop takes every reset and reports the longest
+    lag of the drop with how many connections went in it."""
+    output = _benchmark_module("drop", "--clients", "300", "--runs", "1")
+    assert "300 connections reset at once: longest lag" in output
+    assert "connections went in it" in output and "median longest lag" in output
+
+
 def test_memory_per_connection_by_package(tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
     _benchmark_module("memory", "--clients", "200", "--json", str(out))
