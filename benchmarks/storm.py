@@ -501,6 +501,22 @@ def after_compaction(
     report.fail(f"storm: no compaction within {timeout:.0f} s (gc.freeze off?)")
 
 
+def linger(report: Report, target: fc.Target, baseline: fc.Resources, seconds: float) -> None:
+    """RSS every 10 s while the steady state goes on after the storms (a sampling period, not
+    a wait for an event: nothing is awaited but the time)."""
+    samples = []
+    started = time.monotonic()
+    while True:
+        samples.append((time.monotonic() - started, fc.resources(target).rss))
+        if samples[-1][0] >= seconds:
+            break
+        time.sleep(min(10.0, seconds - samples[-1][0]))
+    report.say(
+        "  RSS over the baseline while the steady state goes on: "
+        + ", ".join(f"+{at:.0f} s {(rss - baseline.rss) / 2**20:+.0f} MiB" for at, rss in samples)
+    )
+
+
 def gc_figures(target: fc.Target) -> dict[str, Any]:
     figures: dict[str, Any] = target.http_get_json("/stats")["gc"]
     return figures
@@ -609,6 +625,9 @@ async def run(args: argparse.Namespace, report: Report) -> None:
             phases.append((f"after storm {round_}", time.monotonic()))
             await asyncio.to_thread(after_compaction, report, target, ended, baseline, settle + 20)
             report_gc(report, before, await asyncio.to_thread(gc_figures, target))
+        if args.linger > 0:
+            phases.append(("linger", time.monotonic()))
+            await asyncio.to_thread(linger, report, target, baseline, args.linger)
         if served.process.poll() is not None:
             report.fail(f"the server exited with {served.process.returncode}")
         else:
@@ -653,6 +672,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="storms one after another in the same server"
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the last storm, the server's RSS every 10 s for this long (what the "
+        "allocator gives back as the steady state goes on)",
     )
     parser.add_argument(
         "--feed-set",
