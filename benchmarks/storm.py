@@ -59,9 +59,10 @@ back at the server's next compaction. A leak of the churn's or the vanished clie
 (thousands of them) would still cross it."""
 RSS_BACK = 32 << 20
 """After a storm and the server's compaction (a full collection and malloc_trim), RSS should be
-back within this much of the baseline (the issue's target). It is not yet after 10,000 clients:
-pymalloc's 1 MiB arenas stay, each pinned by a few objects allocated while the storm lasted
-(docs/performance.md, step 23)."""
+back within this much of the baseline (the issue's target). Under the default allocator it is
+not after 10,000 clients: pymalloc's 1 MiB arenas stay, each pinned by a few of the steady
+state's objects (docs/performance.md, step 24); with `--feed-set memory.allocator=malloc` it
+is (step 25)."""
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:

@@ -120,6 +120,15 @@ class GcConfig:
     compact_after: int = _key(100_000, _at_least_one)
 
 
+@dataclass(frozen=True)
+class MemoryConfig:
+    allocator: str = _key("pymalloc", _one_of("pymalloc", "malloc"))
+    """The allocator the server's Python runs on (`PYTHONMALLOC`; `feed serve`, `ingest` and
+    `gateway` start again under it when it is not the one they were started with). pymalloc
+    is faster (the fan-out's instructions per frame 4% fewer, storms shorter); malloc gives a
+    storm's memory back (docs/performance.md, step 25)."""
+
+
 def _subscribe_mode(value: Any) -> str | None:
     return None if value in ("all", "held") else "must be all or held"
 
@@ -202,6 +211,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     bus: BusConfig = field(default_factory=BusConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -20,6 +20,7 @@ import ctypes.util
 import functools
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,12 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+
+
+def allocator() -> str:
+    """The allocator this interpreter started under: `PYTHONMALLOC`, read once at start-up
+    (`memory.allocator`, `feed.cli.start_under_allocator`); pymalloc when it is not set."""
+    return os.environ.get("PYTHONMALLOC") or "pymalloc"
 
 
 def _malloc_trim() -> bool:

@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 from feed import auth, metrics, static
 from feed.config import Config, ConfigError
 from feed.follower import Follower
-from feed.gcwatch import GcWatch, release_websocket
+from feed.gcwatch import GcWatch, allocator, release_websocket
 from feed.hub import Hub
 from feed.intake import Intake
 from feed.loopwatch import LoopWatch
@@ -458,6 +458,7 @@ async def stats(request: web.Request) -> web.Response:
         if part is not None:
             body["bus"] = part.stats()
     body["gc"] = node.gc.stats()
+    body["memory"] = {"allocator": allocator()}
     body["loop"] = node.loop.stats()
     body["intake"] = node.intake.stats()
     body["pid"] = os.getpid()  # which process answered (feed gateway --workers N)

@@ -30,7 +30,7 @@ class Served:
         self.log = log
 
 
-async def start_serve(*args: str) -> Served:
+async def start_serve(*args: str, env: dict[str, str] | None = None) -> Served:
     process = await asyncio.create_subprocess_exec(
         *FEED,
         "serve",
@@ -40,6 +40,7 @@ async def start_serve(*args: str) -> Served:
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
+        env=env,
     )
     assert process.stderr is not None
     log: list[str] = []
@@ -73,6 +74,31 @@ async def test_serve_streams_the_simulator(served: Served) -> None:
         assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
         update = await ws.receive_json(timeout=10)
         assert update["type"] == "update" and update["data"][0]["symbol"] == "AAPL"
+
+
+@pytest.mark.parametrize(
+    ("setting", "allocator"), [((), "pymalloc"), (("memory.allocator=malloc",), "malloc")]
+)
+async def test_serve_runs_on_the_allocator_the_config_names(
+    setting: tuple[str, ...], allocator: str
+) -> None:
+    """Started as a user would (no PYTHONMALLOC), `feed serve` runs on pymalloc by default,
+    and starts again under the C library's malloc when the config says so: the same process
+    (its id is the one started), /stats and the log name the allocator."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+    sets = [arg for assignment in setting for arg in ("--set", assignment)]
+    feed = await start_serve("--symbols", "5", *sets, env=env)
+    try:
+        stats_url = feed.url.replace("ws://", "http://").replace("/ws", "/stats")
+        async with aiohttp.ClientSession() as session, session.get(stats_url) as response:
+            stats = await response.json()
+        assert stats["memory"] == {"allocator": allocator}
+        assert stats["pid"] == feed.process.pid
+        line = (await asyncio.wait_for(feed.process.stderr.readline(), 10)).decode()  # type: ignore[union-attr]
+        assert f"Python's allocator is {allocator}" in line
+    finally:
+        feed.process.kill()
+        await feed.process.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

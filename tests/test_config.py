@@ -49,6 +49,10 @@ def test_overrides_apply_over_the_file(tmp_path: Path) -> None:
         ({"limits": {"max_conections": 5}}, "unknown config key 'limits.max_conections'"),
         ({"nope": {}}, "unknown config section 'nope'"),
         ({"log": {"level": "loud"}}, "'log.level' must be one of debug, info"),
+        (
+            {"memory": {"allocator": "jemalloc"}},
+            "'memory.allocator' must be one of pymalloc, malloc",
+        ),
         ({"source": {"kinds": ["kafka"]}}, "'source.kinds' names unknown source kind"),
         ({"server": 3}, "config key 'server' must be a table"),
     ],
