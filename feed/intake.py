@@ -133,7 +133,7 @@ class Paced(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.held = b""  # a later turn's _release has nothing left to pass on
         self.lost = exc
-        self.intake.closes.call(self._teardown)  # no arguments: no tuples to hold them
+        self.intake.closes.call(self._teardown)
 
     def _teardown(self) -> None:
         exc, self.lost = self.lost, None

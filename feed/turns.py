@@ -14,9 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-Turn = asyncio.Future[None] | Callable[[], Any] | tuple[Callable[..., Any], tuple[Any, ...]]
-"""An awaiting caller's future, or a call left for a later turn (with its arguments, or none:
-then nothing is allocated to hold it)."""
+Turn = asyncio.Future[None] | Callable[[], Any]
+"""An awaiting caller's future, or a call left for a later turn (kept as it is: nothing is
+allocated to hold it)."""
 
 
 class PerTurn:
@@ -60,14 +60,14 @@ class PerTurn:
         self._defer(turn, ahead)
         await turn
 
-    def call(self, callback: Callable[..., Any], *args: Any, ahead: bool = False) -> None:
-        """Call `callback(*args)` now if this turn has room and nobody waits, or else on a
+    def call(self, callback: Callable[[], Any], ahead: bool = False) -> None:
+        """Call `callback()` now if this turn has room and nobody waits, or else on a
         later turn, in order with those waiting (a protocol's callbacks, which cannot await)."""
         if self._room(ahead):
             self._take(ahead)
-            callback(*args)
+            callback()
             return
-        self._defer((callback, args) if args else callback, ahead)
+        self._defer(callback, ahead)
 
     @property
     def queued(self) -> int:
@@ -116,10 +116,6 @@ class PerTurn:
                     if not turn.done():  # not cancelled meanwhile
                         turn.set_result(None)
                         self._count(ahead)
-                elif isinstance(turn, tuple):
-                    self._count(ahead)
-                    callback, args = turn
-                    callback(*args)
                 else:
                     self._count(ahead)
                     turn()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -69,19 +70,15 @@ async def test_calls_and_callers_share_the_turns_in_order() -> None:
         await gate.admit()
         order.append(name)
 
-    gate.call(order.append, "call 1")  # room this turn: called at once
+    gate.call(partial(order.append, "call 1"))  # room this turn: called at once
     assert order == ["call 1"]
     task = asyncio.ensure_future(caller("await 2"))
     await asyncio.sleep(0)
-    gate.call(order.append, "call 3")
-
-    def call_4() -> None:
-        order.append("call 4")
-
-    gate.call(call_4)  # a call without arguments waits as it is
+    gate.call(partial(order.append, "call 3"))
+    gate.call(partial(order.append, "call 4"))
     later = asyncio.ensure_future(caller("await 5"))
     await asyncio.sleep(0)
-    gate.call(order.append, "call 6")
+    gate.call(partial(order.append, "call 6"))
     async with asyncio.timeout(5):
         await asyncio.gather(task, later)
         while len(order) < 6:
@@ -96,10 +93,10 @@ async def test_the_already_served_have_a_line_of_their_own() -> None:
     admissions a turn of its own."""
     gate = PerTurn(1)
     order: list[str] = []
-    gate.call(order.append, "first")  # this turn's room
+    gate.call(partial(order.append, "first"))  # this turn's room
     for n in range(3):
-        gate.call(order.append, f"newcomer {n}")  # one a turn, from the next on
-    gate.call(order.append, "served", ahead=True)  # the other line: at once
+        gate.call(partial(order.append, f"newcomer {n}"))  # one a turn, from the next on
+    gate.call(partial(order.append, "served"), ahead=True)  # the other line: at once
     assert order == ["first", "served"]
     async with asyncio.timeout(5):
         await gate.admit(ahead=True)  # that line's room is taken: the next turn
