@@ -356,7 +356,7 @@ def start_under_allocator(allocator: str) -> None:
     starts, hence a new start (the same process id, descriptors and arguments; half a second
     of imports). A `PYTHONMALLOC` of another kind (`debug`, `malloc_debug`) is the
     operator's and is left as it is."""
-    current = os.environ.get("PYTHONMALLOC") or "pymalloc"
+    current = gcwatch.allocator()
     if current == allocator or current not in ("malloc", "pymalloc"):
         return
     sys.stdout.flush()

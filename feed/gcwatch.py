@@ -5,7 +5,7 @@ objects of its generations; with thousands of connections a full collection trav
 theirs. `GcWatch` times each collection (through `gc.callbacks`, a few hundred nanoseconds a
 collection) so that `/stats` shows what the collector costs, and `freeze()` moves every object
 alive now into the permanent generation, which collections skip. `tend` (on by default,
-`gc.freeze`) freezes at start-up and every few hundred new connections, so that no collection
+`gc.freeze`) freezes at start-up and after every generation-1 collection, so that no collection
 walks more than what came since the last freeze: with 10,000 connections a full collection of
 everything would hold the loop for over a second (benchmarks/storm.py). That is safe because a
 closed connection leaves no reference cycle (`release_websocket`): reference counting frees it,
@@ -93,12 +93,11 @@ COMPACT_OPEN = 300
 COMPACT_WITHIN = 1.5
 """and only while the frozen objects are at most this many times what start-up left (a
 compaction then costs about what the start-up collection did)."""
-FULL_AFTER = 2
-"""While freezing: a full collection after this many generation-1 ones (CPython's is 10)."""
 
 
 class GcWatch:
-    """Times every collection; once `freezing`, freezes what survives each full collection."""
+    """Times every collection; once `freezing`, freezes what survives each generation-1 or
+    full one."""
 
     def __init__(self) -> None:
         self.collections = [0, 0, 0]
@@ -106,13 +105,12 @@ class GcWatch:
         self.longest = [0.0, 0.0, 0.0]
         self.freezing = False
         self.frozen = 0
-        """Freezes so far (one after each full collection, while `freezing`)."""
+        """Freezes so far (one after each generation-1 or full collection, while `freezing`)."""
         self.compactions = 0
         self.reclaimed = 0
         """Unreachable objects compactions found: what freezing would otherwise have kept."""
         self.base = 0
         """Objects frozen at start-up (what start-up left alive)."""
-        self._thresholds = gc.get_threshold()
         self._started = 0.0
         self._installed = False
 
@@ -156,13 +154,9 @@ class GcWatch:
         self.stop_freezing()
 
     def start_freezing(self) -> None:
-        """From now on, freeze what survives each full collection; starts with one (it walks
-        the whole heap once: what start-up left). A full collection then comes after every
-        FULL_AFTER young (generation-1) ones, not ten: it walks only what they promoted."""
+        """From now on, freeze what survives each generation-1 or full collection; starts with
+        a full one (it walks the whole heap once: what start-up left)."""
         self.freezing = True
-        self._thresholds = gc.get_threshold()
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, FULL_AFTER)
         gc.collect()
         self.base = gc.get_freeze_count()
 
@@ -171,7 +165,6 @@ class GcWatch:
         embedding program, a test, goes on with its own collector)."""
         if self.freezing:
             self.freezing = False
-            gc.set_threshold(*self._thresholds)
             gc.unfreeze()
 
     def compact(self) -> int:
@@ -214,10 +207,10 @@ class GcWatch:
         compact_after: int = 100_000,
         period: float = 0.5,
     ) -> None:
-        """Freeze what survives each full collection, so that no collection walks more than
-        what came since the last one: during a storm of 10,000 reconnections a full collection
-        of everything would hold the loop for over a second. `connections()` gives the counts
-        of connections accepted and closed so far.
+        """Freeze what survives each generation-1 or full collection, so that no collection
+        walks more than what came since the last one: during a storm of 10,000 reconnections a full
+        collection of everything would hold the loop for over a second. `connections()`
+        gives the counts of connections accepted and closed so far.
 
         A frozen object is still freed by reference counting (a closed connection leaves no
         cycle: `release_websocket`), but frozen cyclic garbage is not. So `compact()` runs once

@@ -71,9 +71,9 @@ class Hub:
         """WebSocket upgrades admitted per turn of the loop (a reconnection storm's thousands
         would otherwise run back to back while everyone else waits)."""
         self.requests = PerTurn(limits.requests_per_turn)
+        """Client requests carried out per turn of the loop (10,000 subscribes at once)."""
         self.lost: Callable[[], int] = lambda: 0
         """Connections lost whose teardown waits for a later turn (set by the node)."""
-        """Client requests carried out per turn of the loop (10,000 subscribes at once)."""
         self._patterned: dict[Writer, None] = {}
         """Writers whose sessions hold patterns (symbols that appear later may match)."""
         self._known = len(market.symbols)
